@@ -1,0 +1,474 @@
+"""Typed, frozen configuration for every stage, and the three profiles.
+
+A notebook builds its config with ``build(profile, stage=..., **params)``:
+the profile (``smoke``, ``demo`` or ``full``) is a named constructor that
+fills every field, then notebook parameters override single fields. A
+parameter left at ``None`` keeps the profile's value. Unknown keys and
+ill-typed values stop the run with a message listing the valid keys, so a
+typo in a papermill ``-p`` never silently does nothing.
+
+Keys are resolved in this order: a top-level field (``seed``, ``run_id``),
+a dotted ``section.field`` (``ppo.lr``), a ``section__field`` spelling of the
+same (papermill parameters must be identifiers), then a bare field name in
+the notebook's own ``stage`` section, then a bare name that exists in exactly
+one section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "demo", "full")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the problems come from and how they are split."""
+
+    source: str = "synthetic"  # "synthetic" or "gsm8k" (hub id or local folder below)
+    gsm8k_path: str = "openai/gsm8k"  # hub id, local folder with {train,test}.jsonl, or a JSONL file
+    platinum_path: str = "madrylab/gsm8k-platinum"  # hub id or local folder/JSONL
+    dev_fraction: float = 0.2
+    split_seed: int = 1234
+    # synthetic generator
+    n_train: int = 4000
+    n_dev: int = 300
+    n_test: int = 300
+    n_platinum: int = 300
+    min_steps: int = 1
+    max_steps: int = 2
+    max_value: int = 20
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base model: built from scratch (smoke/demo) or loaded (full)."""
+
+    name_or_path: str = "scratch"  # "scratch" builds tokenizer + tiny Llama locally
+    tokenizer_vocab: int = 384
+    hidden_size: int = 96
+    num_layers: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_position: int = 512
+    quantization: str = "none"  # "none" | "bf16" | "4bit" | "auto"
+    use_lora: bool = False  # SFT with LoRA adapters instead of full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    prompt_style: str = "chat"  # "chat" (tokenizer template) or "plain"
+    chat_think: bool = True  # scratch tokenizer's template pre-fills <think> like R1-Distill's
+    attn_implementation: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class SFTStageConfig:
+    """Supervised fine-tuning on the gold worked solutions."""
+
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 caps the number of optimizer steps
+    learning_rate: float = 3e-3
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_length: int = 256
+    packing: bool = False
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    n_train: int = 0  # 0 = every training row
+    n_dev_eval: int = 300  # dev problems scored before and after
+    max_new_tokens: int = 96
+    eval_batch_size: int = 128
+    logging_steps: int = 10
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Sampled completions from the SFT policy (03) and the engine settings."""
+
+    k: int = 8
+    n_problems: int = 200
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 96
+    batch_size: int = 256  # sequences per generate call
+    shard_size: int = 50  # problems per Parquet shard
+    backend: str = "hf"  # "hf" | "engine" | "vllm"
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """W: the weights that turn the measured signals into one reward."""
+
+    correct: float = 1.0
+    format: float = 0.2
+    calc: float = 0.1
+    truncated: float = -0.2
+    repetition: float = -0.1
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """Which arm each PPO prompt comes from."""
+
+    algorithm: str = "thompson"  # "thompson" | "ucb1" | "exp3" | "uniform"
+    arms: str = "difficulty"  # "difficulty" | "pass_rate"
+    window: int = 64  # rollouts per arm that define its current pass rate
+    exp3_gamma: float = 0.1
+    ucb_c: float = 1.0
+    sim_rounds: int = 200
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO with the Regime W reward."""
+
+    advantage: str = "gae"  # "gae" | "group"
+    iterations: int = 30
+    prompts_per_iter: int = 32
+    k: int = 4
+    learning_rate: float = 5e-4
+    value_learning_rate: float = 1e-3
+    kl_coef: float = 0.02
+    clip_range: float = 0.2
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    ppo_epochs: int = 2
+    minibatch_size: int = 32
+    ent_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    lora_r: int = 16
+    lora_alpha: int = 32
+    eval_every: int = 10
+    n_dev: int = 300
+    save_every: int = 1
+    resume: bool = True
+    report_to: str = "none"  # "none" | "tensorboard" | "wandb" | "trackio"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """GSM8K-Platinum / GSM8K test evaluation and the report."""
+
+    models: tuple[str, ...] = ("base", "sft", "ppo")
+    test_sets: tuple[str, ...] = ("platinum", "gsm8k_test")
+    n_eval: int = 0  # 0 = every problem
+    maj_k: int = 1
+    temperature: float = 0.7  # used only when maj_k > 1
+    max_new_tokens: int = 96
+    batch_size: int = 128
+    n_bootstrap: int = 2000
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; one section per stage."""
+
+    profile: str = "smoke"
+    run_id: str = "latest"
+    seed: int = 0
+    root: str = ""  # project folder holding data/, checkpoints/, runs/ ("" = the repo root)
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---- paths -------------------------------------------------------
+    @property
+    def root_dir(self) -> Path:
+        return Path(self.root).resolve() if self.root else find_project_root()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root_dir / "data"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root_dir / "checkpoints"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root_dir / "runs" / self.run_id
+
+    def override(self, stage: str | None = None, **params: Any) -> "Config":
+        """Return a copy with single fields replaced (``None`` values are ignored).
+
+        >>> smoke().override(seed=3, stage="ppo", lr=None, k=2).ppo.k
+        2
+        >>> smoke().override(stage="ppo", k=2).rollouts.k == smoke().rollouts.k
+        True
+        """
+        return _override(self, stage, params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# ---- profiles: named constructors --------------------------------------
+
+def smoke() -> Config:
+    """CPU, offline, minutes: synthetic 1-2 step problems, a tiny Llama."""
+    return Config(profile="smoke")
+
+
+def demo() -> Config:
+    """One GPU, offline: harder synthetic problems, a Llama of tens of M params."""
+    return Config(
+        profile="demo",
+        data=DataConfig(n_train=40000, n_dev=1000, n_test=1000, n_platinum=1000,
+                        min_steps=3, max_steps=6, max_value=100),
+        model=ModelConfig(tokenizer_vocab=512, hidden_size=512, num_layers=8, num_heads=8,
+                          num_kv_heads=4, intermediate_size=1408, max_position=1024),
+        sft=SFTStageConfig(epochs=2.0, learning_rate=1e-3, batch_size=64, max_length=512,
+                           n_dev_eval=1000, max_new_tokens=256, eval_batch_size=512),
+        rollouts=RolloutConfig(k=8, n_problems=512, max_new_tokens=256, batch_size=1024,
+                               shard_size=128),
+        ppo=PPOConfig(iterations=60, prompts_per_iter=128, k=8, learning_rate=2e-4,
+                      max_new_tokens=256, minibatch_size=128, eval_every=10, n_dev=1000,
+                      advantage="group"),
+        eval=EvalConfig(max_new_tokens=256, batch_size=512),
+    )
+
+
+def full() -> Config:
+    """GPU box with hub access: GSM8K + GSM8K-Platinum, R1-Distill-Llama-8B with LoRA."""
+    return Config(
+        profile="full",
+        data=DataConfig(source="gsm8k"),
+        model=ModelConfig(name_or_path="deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                          quantization="auto", use_lora=True, lora_r=16, lora_alpha=32,
+                          prompt_style="chat", max_position=4096),
+        sft=SFTStageConfig(epochs=1.0, learning_rate=1e-4, batch_size=4, grad_accum=8,
+                           max_length=1024, n_dev_eval=200, max_new_tokens=1024,
+                           eval_batch_size=64, logging_steps=5),
+        rollouts=RolloutConfig(k=8, n_problems=256, temperature=0.6, top_p=0.95,
+                               max_new_tokens=1024, batch_size=256, shard_size=32),
+        ppo=PPOConfig(iterations=100, prompts_per_iter=64, k=4, learning_rate=1e-5,
+                      value_learning_rate=5e-5, temperature=0.6, max_new_tokens=1024,
+                      minibatch_size=16, eval_every=20, n_dev=200),
+        eval=EvalConfig(max_new_tokens=2048, batch_size=64),
+    )
+
+
+_PROFILE_BUILDERS = {"smoke": smoke, "demo": demo, "full": full}
+
+
+def build(profile: str = "smoke", stage: str | None = None, **params: Any) -> Config:
+    """The profile's config with the notebook's parameters applied.
+
+    >>> build("smoke", stage="rollouts", k=4, run_id="r1").rollouts.k
+    4
+    >>> build("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown profile 'nope'; choose one of smoke, demo, full
+    """
+    if profile not in _PROFILE_BUILDERS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return _PROFILE_BUILDERS[profile]().override(stage=stage, **params)
+
+
+def save(cfg: Config, path: Path) -> Path:
+    """Write the config as JSON (atomically)."""
+    from .artifacts import atomic_write_text
+
+    return atomic_write_text(Path(path), cfg.to_json() + "\n")
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict()`` output (e.g. a checkpoint's config.json)."""
+    kwargs: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for f in fields(Config):
+        if f.name not in d:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            cls = hints[f.name]
+            sub_hints = typing.get_type_hints(cls)
+            sub = {}
+            for sf in fields(cls):
+                if sf.name in d[f.name]:
+                    v = d[f.name][sf.name]
+                    sub[sf.name] = tuple(v) if _is_tuple(sub_hints[sf.name]) and v is not None else v
+            kwargs[f.name] = cls(**sub)
+        else:
+            kwargs[f.name] = d[f.name]
+    return Config(**kwargs)
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The folder holding pyproject.toml above ``start`` (or cwd); cwd if none."""
+    env = os.environ.get("LOOPER_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "pyproject.toml").is_file() and (p / "looper_utils").is_dir():
+            return p
+    return here
+
+
+# ---- override machinery --------------------------------------------------
+
+_SECTIONS = ("data", "model", "sft", "rollouts", "reward", "bandit", "ppo", "eval")
+_STAGE_SECTION = {
+    "01_data": "data", "data": "data",
+    "02_sft": "sft", "sft": "sft",
+    "03_rollouts": "rollouts", "rollouts": "rollouts",
+    "04_regime_w": "reward", "regime_w": "reward", "reward": "reward", "bandit": "bandit",
+    "05_ppo": "ppo", "ppo": "ppo",
+    "06_eval": "eval", "eval": "eval",
+}
+
+
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def valid_keys() -> list[str]:
+    """Every key ``override`` accepts, qualified."""
+    top = [f.name for f in fields(Config) if f.name not in _SECTIONS]
+    hints = typing.get_type_hints(Config)
+    out = list(top)
+    for s in _SECTIONS:
+        out += [f"{s}.{f.name}" for f in fields(hints[s])]
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except TypeError as exc:
+                errors.append(str(exc))
+        raise TypeError(errors[-1])
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError(f"{key}: expected None, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key}: expected a list or comma-separated string, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp) or (str,)
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise TypeError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _resolve(key: str, stage: str | None) -> tuple[str | None, str]:
+    hints = typing.get_type_hints(Config)
+    top = {f.name for f in fields(Config)} - set(_SECTIONS)
+    if key in top:
+        return None, key
+    for sep in (".", "__"):
+        if sep in key:
+            sec, name = key.split(sep, 1)
+            if sec in _SECTIONS and name in {f.name for f in fields(hints[sec])}:
+                return sec, name
+            raise KeyError(key)
+    if stage is not None:
+        sec = _STAGE_SECTION.get(stage, stage)
+        if sec not in _SECTIONS:
+            raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(sorted(_STAGE_SECTION))}")
+        if key in {f.name for f in fields(hints[sec])}:
+            return sec, key
+    owners = [s for s in _SECTIONS if key in {f.name for f in fields(hints[s])}]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise KeyError(f"{key!r} is ambiguous: write one of " + ", ".join(f"{s}.{key}" for s in owners))
+    raise KeyError(key)
+
+
+def _override(cfg: Config, stage: str | None, params: dict[str, Any]) -> Config:
+    hints = typing.get_type_hints(Config)
+    top_changes: dict[str, Any] = {}
+    sec_changes: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        try:
+            sec, name = _resolve(key, stage)
+        except KeyError as exc:
+            msg = exc.args[0] if exc.args and exc.args[0] != key else f"unknown parameter {key!r}"
+            raise ValueError(f"{msg}. Valid keys: {', '.join(valid_keys())}") from None
+        try:
+            if sec is None:
+                top_changes[name] = _coerce(value, hints[name], key)
+            else:
+                sub_hints = typing.get_type_hints(hints[sec])
+                sec_changes.setdefault(sec, {})[name] = _coerce(value, sub_hints[name], f"{sec}.{name}")
+        except TypeError as exc:
+            raise ValueError(f"{exc}. Fix the parameter's value or type") from None
+    for sec, changes in sec_changes.items():
+        top_changes[sec] = replace(getattr(cfg, sec), **changes)
+    out = replace(cfg, **top_changes)
+    _validate(out)
+    return out
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (cfg.profile in PROFILES, f"profile must be one of {PROFILES}"),
+        (cfg.data.source in ("synthetic", "gsm8k"), "data.source must be 'synthetic' or 'gsm8k'"),
+        (0.0 < cfg.data.dev_fraction < 1.0, "data.dev_fraction must be in (0, 1)"),
+        (1 <= cfg.data.min_steps <= cfg.data.max_steps, "need 1 <= data.min_steps <= data.max_steps"),
+        (cfg.model.quantization in ("none", "bf16", "4bit", "auto"),
+         "model.quantization must be none, bf16, 4bit or auto"),
+        (cfg.model.prompt_style in ("chat", "plain"), "model.prompt_style must be 'chat' or 'plain'"),
+        (cfg.rollouts.backend in ("hf", "engine", "vllm"), "rollouts.backend must be hf, engine or vllm"),
+        (cfg.rollouts.k >= 1 and cfg.ppo.k >= 1, "k must be >= 1"),
+        (cfg.bandit.algorithm in ("thompson", "ucb1", "exp3", "uniform"),
+         "bandit.algorithm must be thompson, ucb1, exp3 or uniform"),
+        (cfg.bandit.arms in ("difficulty", "pass_rate"), "bandit.arms must be difficulty or pass_rate"),
+        (cfg.ppo.advantage in ("gae", "group"), "ppo.advantage must be 'gae' or 'group'"),
+        (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+        (cfg.eval.maj_k >= 1, "eval.maj_k must be >= 1"),
+        (all(t in ("platinum", "gsm8k_test", "dev") for t in cfg.eval.test_sets),
+         "eval.test_sets entries must be platinum, gsm8k_test or dev"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)

@@ -1,0 +1,177 @@
+"""Run the numbered notebooks in order, headless, through papermill.
+
+    python -m looper_utils.pipeline --profile smoke [--stages 01,02] [--run-id ID] [-p key=value ...]
+
+Each notebook is executed into ``runs/<run_id>/NN_stage.ipynb`` with the
+parameters ``profile``, ``run_id``, ``seed`` and ``root``; a ``-p key=value``
+goes to every notebook whose parameters cell declares ``key`` (a key no
+notebook declares is an error, not a silent no-op). The run stops at the
+first failing notebook, naming it and the cell, and prints each stage's
+metrics and wall time; ``runs/<run_id>/pipeline.json`` keeps the timings for
+the report.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .artifacts import STAGES, atomic_write_json, read_json
+from .config import PROFILES, find_project_root
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+class StageFailed(RuntimeError):
+    """A notebook failed; the message names it, the cell and the executed copy."""
+
+
+def notebooks_dir(root: Path) -> Path:
+    return Path(root) / "notebooks"
+
+
+def available_stages(nb_dir: Path) -> list[str]:
+    """The numbered notebooks that exist, in order."""
+    return [s for s in STAGES if (nb_dir / f"{s}.ipynb").is_file()]
+
+
+def declared_parameters(nb_path: Path) -> dict[str, str]:
+    """Names and annotations in the notebook's ``parameters`` cell (without running it)."""
+    nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"])
+            out = {}
+            for node in ast.parse(src).body:
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    out[node.target.id] = ast.unparse(node.annotation)
+                elif isinstance(node, ast.Assign):
+                    out.update({t.id: "" for t in node.targets if isinstance(t, ast.Name)})
+            return out
+    raise StageFailed(f"{nb_path}: no code cell tagged 'parameters'; tag the first code cell")
+
+
+def parse_value(text: str) -> Any:
+    """``-p`` values: Python literals when they parse (3, 0.5, True, None, [1, 2]), else the string.
+
+    >>> parse_value("3"), parse_value("0.5"), parse_value("gae"), parse_value("None")
+    (3, 0.5, 'gae', None)
+    """
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise SystemExit(f"-p {p!r}: write key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def _summary(metrics: dict[str, Any], limit: int = 8) -> str:
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items[:limit]]
+    return ", ".join(parts)
+
+
+def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | None = None, seed: int = 0,
+        root: Path | None = None, params: dict[str, Any] | None = None, nb_dir: Path | None = None,
+        log=print) -> dict[str, Any]:
+    """Execute the selected notebooks; return the pipeline record (also saved as pipeline.json)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    root = Path(root).resolve() if root else find_project_root()
+    nb_dir = Path(nb_dir) if nb_dir else notebooks_dir(find_project_root(Path(__file__).parent))
+    have = available_stages(nb_dir)
+    if not have:
+        raise SystemExit(f"{nb_dir}: no numbered notebooks found")
+    if stages:
+        wanted = []
+        for s in stages:
+            match = [h for h in have if h == s or h.startswith(s.zfill(2) + "_") or h.split("_", 1)[1] == s]
+            if not match:
+                raise SystemExit(f"unknown stage {s!r}; available: {', '.join(have)}")
+            wanted += match
+        have = [h for h in have if h in wanted]
+    params = dict(params or {})
+    declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in have}
+    unused = [k for k in params if not any(k in d for d in declared.values())]
+    if unused:
+        raise SystemExit(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
+                         "see `papermill --help-notebook notebooks/NN_stage.ipynb`")
+    run_id = run_id or f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = root / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if profile in ("smoke", "demo"):
+        os.environ.update(OFFLINE_ENV)
+    record_path = run_dir / "pipeline.json"
+    record: dict[str, Any] = read_json(record_path) if record_path.is_file() else {}
+    record.update({"profile": profile, "run_id": run_id, "root": str(root), "seed": seed,
+                   "started": record.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    record.setdefault("stages", {})
+    log(f"run {run_id} ({profile}) -> {run_dir}")
+    for stage in have:
+        nb_params = {"profile": profile, "run_id": run_id, "seed": seed, "root": str(root)}
+        nb_params.update({k: v for k, v in params.items() if k in declared[stage]})
+        out_nb = run_dir / f"{stage}.ipynb"
+        log(f"[{stage}] running ...")
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(out_nb), parameters=nb_params,
+                                cwd=str(nb_dir), progress_bar=False, log_output=False, kernel_name="python3")
+        except PapermillExecutionError as exc:
+            secs = time.perf_counter() - t0
+            record["stages"][stage] = {"seconds": round(secs, 1), "status": "failed"}
+            atomic_write_json(record_path, record)
+            raise StageFailed(f"{stage} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
+                              f"the executed notebook with the traceback is {out_nb}") from None
+        secs = time.perf_counter() - t0
+        record["stages"][stage] = {"seconds": round(secs, 1), "status": "ok"}
+        atomic_write_json(record_path, record)
+        mpath = run_dir / "metrics" / f"{stage}.json"
+        summary = _summary(read_json(mpath)) if mpath.is_file() else "(no metrics written)"
+        log(f"[{stage}] ok in {secs:.1f}s: {summary}")
+    record["seconds_total"] = round(sum(s["seconds"] for s in record["stages"].values()), 1)
+    atomic_write_json(record_path, record)
+    report = run_dir / "report.html"
+    log(f"done in {record['seconds_total']:.0f}s. Outputs: {run_dir}"
+        + (f"\nreport: {report}" if report.is_file() else ""))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m looper_utils.pipeline", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="smoke", choices=PROFILES)
+    ap.add_argument("--stages", default="", help="comma-separated, e.g. 01,02 or data,sft (default: all)")
+    ap.add_argument("--run-id", default=None, help="folder under runs/ (default: <profile>-<timestamp>)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", default=None, help="project folder for data/, checkpoints/, runs/")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="notebook parameter, repeatable")
+    a = ap.parse_args(argv)
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()] or None
+    try:
+        run(a.profile, stages, a.run_id, a.seed, Path(a.root) if a.root else None, parse_params(a.param))
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from looper_utils import config
+
+
+def test_profiles_are_named_constructors_with_distinct_values():
+    s, d, f = config.smoke(), config.demo(), config.full()
+    assert (s.profile, d.profile, f.profile) == ("smoke", "demo", "full")
+    assert s.data.source == "synthetic" and f.data.source == "gsm8k"
+    assert f.model.name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+    assert d.data.max_steps > s.data.max_steps
+
+
+def test_config_is_frozen():
+    cfg = config.smoke()
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_override_resolves_stage_dotted_and_dunder_keys():
+    cfg = config.build("smoke", stage="ppo", k=2, **{"rollouts.k": 5, "eval__maj_k": 3}, seed=9)
+    assert (cfg.ppo.k, cfg.rollouts.k, cfg.eval.maj_k, cfg.seed) == (2, 5, 3, 9)
+
+
+def test_none_keeps_profile_value():
+    assert config.build("smoke", stage="ppo", k=None).ppo.k == config.smoke().ppo.k
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError) as exc:
+        config.build("smoke", learning_rat=0.1)
+    assert "unknown parameter 'learning_rat'" in str(exc.value)
+    assert "ppo.learning_rate" in str(exc.value)
+
+
+def test_ambiguous_bare_key_names_the_choices():
+    with pytest.raises(ValueError, match="rollouts.k, ppo.k"):
+        config.build("smoke", k=3)
+
+
+@pytest.mark.parametrize("key,value", [("seed", "three"), ("ppo.k", 2.5), ("ppo.lam", "x"),
+                                       ("model.use_lora", "maybe")])
+def test_wrong_types_rejected(key, value):
+    with pytest.raises(ValueError, match=key.split(".")[-1]):
+        config.build("smoke", **{key: value})
+
+
+def test_invalid_choice_rejected():
+    with pytest.raises(ValueError, match="ppo.advantage"):
+        config.build("smoke", **{"ppo.advantage": "vtrace"})
+
+
+def test_int_accepted_for_float_and_tuple_from_string():
+    cfg = config.build("smoke", **{"ppo.learning_rate": 1, "eval.models": "sft,ppo"})
+    assert cfg.ppo.learning_rate == 1.0 and isinstance(cfg.ppo.learning_rate, float)
+    assert cfg.eval.models == ("sft", "ppo")
+
+
+def test_roundtrip_through_json(tmp_path):
+    cfg = config.build("demo", seed=4, **{"eval.models": ["sft"]})
+    path = config.save(cfg, tmp_path / "c.json")
+    back = config.from_dict(json.loads(path.read_text()))
+    assert back == cfg
+
+
+def test_paths_follow_root(tmp_path):
+    cfg = config.build("smoke", root=str(tmp_path), run_id="r")
+    assert cfg.data_dir == tmp_path / "data" and cfg.run_dir == tmp_path / "runs" / "r"

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from looper_utils import pipeline
+from looper_utils.artifacts import MissingInputError, require
+
+
+def test_parse_params():
+    assert pipeline.parse_params(["k=4", "lr=1e-3", "algo=gae", "flag=True"]) == \
+        {"k": 4, "lr": 1e-3, "algo": "gae", "flag": True}
+    with pytest.raises(SystemExit):
+        pipeline.parse_params(["novalue"])
+
+
+def test_declared_parameters_reads_the_tagged_cell(tmp_path):
+    from pathlib import Path
+    nb = Path(pipeline.__file__).resolve().parents[1] / "notebooks" / "01_data.ipynb"
+    declared = pipeline.declared_parameters(nb)
+    assert {"profile", "run_id", "seed", "root", "max_steps"} <= set(declared)
+
+
+def test_unknown_parameter_fails_before_running(tmp_path):
+    with pytest.raises(SystemExit, match="declared by none"):
+        pipeline.run("smoke", stages=["01"], run_id="x", root=tmp_path, params={"no_such_knob": 1},
+                     log=lambda *_: None)
+    assert not (tmp_path / "runs" / "x" / "01_data.ipynb").exists()
+
+
+def test_unknown_stage_and_profile(tmp_path):
+    with pytest.raises(SystemExit, match="unknown stage"):
+        pipeline.run("smoke", stages=["99"], root=tmp_path, log=lambda *_: None)
+    with pytest.raises(SystemExit, match="unknown profile"):
+        pipeline.run("huge", root=tmp_path, log=lambda *_: None)
+
+
+def test_failing_notebook_names_stage_and_cell(tmp_path):
+    # a bad parameter value makes the config cell raise: the error names the stage and the cell
+    with pytest.raises(pipeline.StageFailed) as exc:
+        pipeline.run("smoke", stages=["01"], run_id="bad", root=tmp_path, params={"max_steps": -3},
+                     log=lambda *_: None)
+    msg = str(exc.value)
+    assert "01_data failed in cell" in msg and "ValueError" in msg and "01_data.ipynb" in msg
+    record = json.loads((tmp_path / "runs" / "bad" / "pipeline.json").read_text())
+    assert record["stages"]["01_data"]["status"] == "failed"
+
+
+def test_require_names_the_notebook(tmp_path):
+    with pytest.raises(MissingInputError, match="run notebooks/02_sft.ipynb first"):
+        require(tmp_path / "checkpoints" / "sft", "02_sft")
