@@ -86,6 +86,9 @@ class SFTStageConfig:
     max_new_tokens: int = 96
     eval_batch_size: int = 128
     logging_steps: int = 10
+    lr_scheduler: str = "linear"  # transformers scheduler name: "linear", "cosine", "constant", ...
+    save_steps: int = 100  # Trainer checkpoint every N optimizer steps (the resume points)
+    resume: bool = True  # continue from checkpoints/sft-trainer when it holds a run with the same settings
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class BanditConfig:
     exp3_gamma: float = 0.1
     ucb_c: float = 1.0
     sim_rounds: int = 200
+    thompson_discount: float = 0.95  # < 1 forgets old payoffs: pass rates drift as the policy learns
+    max_arms: int = 6  # difficulty arms: neighbouring step counts are merged down to this many
+    min_arm_size: int = 32  # difficulty arms: smaller buckets are merged into a neighbour
+    pass_rate_bins: int = 3  # pass-rate arms: bins over 0 < p < 1 (p = 0 and p = 1 are arms of their own)
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,10 @@ class EvalConfig:
     n_eval: int = 0  # 0 = every problem
     maj_k: int = 1
     temperature: float = 0.7  # used only when maj_k > 1
+    top_p: float = 1.0  # nucleus sampling, used only when maj_k > 1
     max_new_tokens: int = 96
     batch_size: int = 128
+    shard_size: int = 100  # problems per Parquet shard of per-question records (the resume unit)
     n_bootstrap: int = 2000
 
 
