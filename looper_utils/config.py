@@ -290,9 +290,37 @@ def build(profile: str = "smoke", stage: str | None = None, **params: Any) -> Co
     ...
     ValueError: unknown profile 'nope'; choose one of smoke, demo, full
     """
+    if str(profile).endswith(".json"):
+        base = profile_file(profile)
+        return base.override(stage=stage, **params)
     if profile not in _PROFILE_BUILDERS:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)} "
+                         "or a .json profile file")
     return _PROFILE_BUILDERS[profile]().override(stage=stage, **params)
+
+
+def profile_file(path: str | Path) -> Config:
+    """A profile kept in a JSON file: ``{"profile": "full", "overrides": {"model.name_or_path": ...}}``.
+
+    For runs that change fields no notebook exposes as a parameter (a local
+    model path, budgets for a benchmark), pass the file as ``profile``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"profile file {p} does not exist")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(d, dict) or d.get("profile") not in _PROFILE_BUILDERS:
+        raise ValueError(f"{p}: needs a 'profile' key naming one of {', '.join(PROFILES)}")
+    unknown = set(d) - {"profile", "overrides", "description"}
+    if unknown:
+        raise ValueError(f"{p}: unknown top-level keys {sorted(unknown)}; use profile, overrides, description")
+    try:
+        return _PROFILE_BUILDERS[d["profile"]]().override(**d.get("overrides", {}))
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from None
 
 
 def save(cfg: Config, path: Path) -> Path:

@@ -93,8 +93,13 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    if profile not in PROFILES:
-        raise SystemExit(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if profile not in PROFILES and not str(profile).endswith(".json"):
+        raise SystemExit(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)} or a .json file")
+    if str(profile).endswith(".json"):
+        from .config import profile_file
+
+        profile = str(Path(profile).resolve())
+        profile_file(profile)  # fail before any notebook runs
     root = Path(root).resolve() if root else find_project_root()
     nb_dir = Path(nb_dir) if nb_dir else notebooks_dir(find_project_root(Path(__file__).parent))
     have = available_stages(nb_dir)
@@ -114,10 +119,12 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
     if unused:
         raise SystemExit(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
                          "see `papermill --help-notebook notebooks/NN_stage.ipynb`")
-    run_id = run_id or f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_id = run_id or f"{Path(profile).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = root / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    if profile in ("smoke", "demo"):
+    from .config import build
+
+    if build(profile).profile in ("smoke", "demo"):
         os.environ.update(OFFLINE_ENV)
     record_path = run_dir / "pipeline.json"
     record: dict[str, Any] = read_json(record_path) if record_path.is_file() else {}
@@ -156,7 +163,7 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m looper_utils.pipeline", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="smoke", choices=PROFILES)
+    ap.add_argument("--profile", default="smoke", help=f"{', '.join(PROFILES)}, or a .json profile file")
     ap.add_argument("--stages", default="", help="comma-separated, e.g. 01,02 or data,sft (default: all)")
     ap.add_argument("--run-id", default=None, help="folder under runs/ (default: <profile>-<timestamp>)")
     ap.add_argument("--seed", type=int, default=0)

@@ -68,3 +68,18 @@ def test_roundtrip_through_json(tmp_path):
 def test_paths_follow_root(tmp_path):
     cfg = config.build("smoke", root=str(tmp_path), run_id="r")
     assert cfg.data_dir == tmp_path / "data" and cfg.run_dir == tmp_path / "runs" / "r"
+
+
+def test_profile_file_applies_overrides(tmp_path):
+    p = tmp_path / "local.json"
+    p.write_text(json.dumps({"profile": "full", "overrides": {"model.name_or_path": "/models/llama",
+                                                              "sft.max_steps": 20}}))
+    cfg = config.build(str(p), stage="ppo", iterations=2)
+    assert (cfg.profile, cfg.model.name_or_path, cfg.sft.max_steps, cfg.ppo.iterations) == \
+        ("full", "/models/llama", 20, 2)
+    p.write_text(json.dumps({"profile": "full", "overrides": {"model.nope": 1}}))
+    with pytest.raises(ValueError, match="local.json.*unknown parameter 'model.nope'"):
+        config.build(str(p))
+    p.write_text('{"profile": "full",')
+    with pytest.raises(ValueError, match="local.json:1: not valid JSON"):
+        config.build(str(p))
