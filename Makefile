@@ -36,12 +36,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/pipeline_time.py
 
-wheelhouse:
-	@mkdir -p wheelhouse
-	$(PYTHON) -m pip download --dest wheelhouse --only-binary=:all: \
-	  --python-version $(WHEEL_PY) --platform $(WHEEL_PLAT) --platform manylinux2014_x86_64 \
-	  --platform manylinux_2_17_x86_64 --platform any "$(TORCH)" ".[dev,gpu]"
-	@echo "wheels in wheelhouse/: install offline with  pip install --no-index --find-links wheelhouse '$(TORCH)' -e '.[dev,gpu]'"
+wheelhouse: $(STAMP)
+	$(BIN)/python scripts/wheelhouse.py --dest wheelhouse --python $(WHEEL_PY) --platform $(WHEEL_PLAT) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any --torch "$(TORCH)" $(ARGS)
 
 clean-runs:
 	rm -rf runs/

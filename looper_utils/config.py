@@ -51,7 +51,7 @@ class ModelConfig:
     """The base model: built from scratch (smoke/demo) or loaded (full)."""
 
     name_or_path: str = "scratch"  # "scratch" builds tokenizer + tiny Llama locally
-    tokenizer_vocab: int = 384
+    tokenizer_vocab: int = 640  # upper bound: merges stop when no pair repeats (~550 on smoke data)
     hidden_size: int = 96
     num_layers: int = 3
     num_heads: int = 4
@@ -65,6 +65,8 @@ class ModelConfig:
     lora_dropout: float = 0.05
     prompt_style: str = "chat"  # "chat" (tokenizer template) or "plain"
     chat_think: bool = True  # scratch tokenizer's template pre-fills <think> like R1-Distill's
+    init_std: float = 0.0  # scratch weights' init std; 0 = sqrt(2 / (5 * hidden_size)) ("small init")
+    cpu_threads: int = 1  # torch threads when the model runs on CPU (0 = torch's default)
     attn_implementation: str = "sdpa"
 
 
@@ -72,7 +74,7 @@ class ModelConfig:
 class SFTStageConfig:
     """Supervised fine-tuning on the gold worked solutions."""
 
-    epochs: float = 3.0
+    epochs: float = 4.0
     max_steps: int = -1  # > 0 caps the number of optimizer steps
     learning_rate: float = 3e-3
     batch_size: int = 32
@@ -83,7 +85,7 @@ class SFTStageConfig:
     weight_decay: float = 0.0
     n_train: int = 0  # 0 = every training row
     n_dev_eval: int = 300  # dev problems scored before and after
-    max_new_tokens: int = 96
+    max_new_tokens: int = 80
     eval_batch_size: int = 128
     logging_steps: int = 10
     lr_scheduler: str = "linear"  # transformers scheduler name: "linear", "cosine", "constant", ...
@@ -103,7 +105,7 @@ class RolloutConfig:
     max_new_tokens: int = 96
     batch_size: int = 256  # sequences per generate call
     shard_size: int = 50  # problems per Parquet shard
-    backend: str = "hf"  # "hf" | "engine" | "vllm"
+    backend: str = "hf"  # "hf" | "engine": the sampler of rollouts, PPO and evaluation
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ def demo() -> Config:
                           num_kv_heads=4, intermediate_size=1408, max_position=1024),
         sft=SFTStageConfig(epochs=2.0, learning_rate=1e-3, batch_size=64, max_length=512,
                            n_dev_eval=1000, max_new_tokens=256, eval_batch_size=512),
-        rollouts=RolloutConfig(k=8, n_problems=512, max_new_tokens=256, batch_size=1024,
+        rollouts=RolloutConfig(k=8, n_problems=512, max_new_tokens=256, batch_size=1024, backend="engine",
                                shard_size=128),
         ppo=PPOConfig(iterations=60, prompts_per_iter=128, k=8, learning_rate=2e-4,
                       max_new_tokens=256, minibatch_size=128, eval_every=10, n_dev=1000,
@@ -268,7 +270,7 @@ def full() -> Config:
         sft=SFTStageConfig(epochs=1.0, learning_rate=1e-4, batch_size=4, grad_accum=8,
                            max_length=1024, n_dev_eval=200, max_new_tokens=1024,
                            eval_batch_size=64, logging_steps=5),
-        rollouts=RolloutConfig(k=8, n_problems=256, temperature=0.6, top_p=0.95,
+        rollouts=RolloutConfig(k=8, n_problems=256, temperature=0.6, top_p=0.95, backend="engine",
                                max_new_tokens=1024, batch_size=256, shard_size=32),
         ppo=PPOConfig(iterations=100, prompts_per_iter=64, k=4, learning_rate=1e-5,
                       value_learning_rate=5e-5, temperature=0.6, max_new_tokens=1024,
@@ -288,7 +290,7 @@ def build(profile: str = "smoke", stage: str | None = None, **params: Any) -> Co
     >>> build("nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown profile 'nope'; choose one of smoke, demo, full
+    ValueError: unknown profile 'nope'; choose one of smoke, demo, full or a .json profile file
     """
     if str(profile).endswith(".json"):
         base = profile_file(profile)
@@ -495,7 +497,7 @@ def _validate(cfg: Config) -> None:
         (cfg.model.quantization in ("none", "bf16", "4bit", "auto"),
          "model.quantization must be none, bf16, 4bit or auto"),
         (cfg.model.prompt_style in ("chat", "plain"), "model.prompt_style must be 'chat' or 'plain'"),
-        (cfg.rollouts.backend in ("hf", "engine", "vllm"), "rollouts.backend must be hf, engine or vllm"),
+        (cfg.rollouts.backend in ("hf", "engine"), "rollouts.backend must be hf or engine"),
         (cfg.rollouts.k >= 1 and cfg.ppo.k >= 1, "k must be >= 1"),
         (cfg.bandit.algorithm in ("thompson", "ucb1", "exp3", "uniform"),
          "bandit.algorithm must be thompson, ucb1, exp3 or uniform"),

@@ -137,7 +137,7 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
         nb_params.update({k: v for k, v in params.items() if k in declared[stage]})
         out_nb = run_dir / f"{stage}.ipynb"
         log(f"[{stage}] running ...")
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(out_nb), parameters=nb_params,
                                 cwd=str(nb_dir), progress_bar=False, log_output=False, kernel_name="python3")
@@ -148,7 +148,8 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
             raise StageFailed(f"{stage} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
                               f"the executed notebook with the traceback is {out_nb}") from None
         secs = time.perf_counter() - t0
-        record["stages"][stage] = {"seconds": round(secs, 1), "status": "ok"}
+        record["stages"][stage] = {"seconds": round(secs, 1), "status": "ok", "start": round(started, 1),
+                                   "end": round(time.time(), 1)}
         atomic_write_json(record_path, record)
         mpath = run_dir / "metrics" / f"{stage}.json"
         summary = _summary(read_json(mpath)) if mpath.is_file() else "(no metrics written)"

@@ -1,0 +1,474 @@
+"""Stage 06: score base, SFT and PPO on GSM8K-Platinum and GSM8K test, and summarise with paired statistics.
+
+``run(cfg)`` evaluates every model of ``cfg.eval.models`` on every set of
+``cfg.eval.test_sets`` with the one generation function and the one grader
+(flexible and strict), and keeps one record per question in Parquet shards
+under ``runs/<run_id>/eval/<model>__<test_set>/``. As in ``rollouts``, each
+shard is written atomically with its own seed and a ``manifest.json`` says
+what the shards were made with: a killed run loses at most one shard, a rerun
+with other settings stops instead of mixing two kinds of records, and a rerun
+whose shards are all on disk loads no model at all, so rebuilding the figures
+and the report costs no generation. Models are loaded one at a time and freed
+before the next (an 8B model and its KV cache leave no room for a second).
+
+Models: ``base`` (no adapter), ``sft``, ``ppo`` (``checkpoints/ppo/best`` if it
+exists, else ``last``), ``ppo_best``, ``ppo_last``, or any checkpoint folder.
+A model whose checkpoint is missing is skipped with a note in the results;
+``MissingInputError`` (naming the notebook that writes it) only when nothing
+else is left to evaluate, e.g. when it was the only model asked for.
+
+``summarize(records)`` turns the records into the ``06_eval.json`` schema the
+report card reads (``looper_utils.report``): accuracy with percentile-bootstrap
+95% intervals over questions (Wilson's where every question scored the same,
+0% or 100%: every resample is then identical and the bootstrap interval is a
+point), paired comparisons on the same questions (``ppo_vs_sft``,
+``sft_vs_base``: McNemar exact test and a paired bootstrap of the
+difference), error categories and accuracy by difficulty.
+
+With ``maj_k > 1`` each question gets ``maj_k`` sampled answers; the record's
+answer is their majority vote (``stats.majority_vote``) and its completion
+the first sample that gave that answer.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from .answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
+from .artifacts import MissingInputError, atomic_write_bytes, atomic_write_json, read_json, require
+from .config import Config
+from .data import count_steps, data_files, read_jsonl
+from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
+                    paired_comparison, wilson_ci)
+
+__all__ = ["COLUMNS", "TEST_SETS", "PPO_NAMES", "PAIRS", "ModelSpec", "EvalResult", "eval_dir", "resolve_models",
+           "load_test_set", "grade_question", "grade_records", "evaluate_set", "run", "load_records", "summarize",
+           "accuracy_frame", "paired_table", "outcome_counts", "format_ok"]
+
+COLUMNS = ["id", "question", "gold", "steps", "completion", "extracted", "extracted_strict", "correct",
+           "correct_strict", "finish_reason", "n_tokens", "format_ok", "category", "n_samples",
+           "n_correct_samples", "answers"]
+TEST_SETS = {"platinum": "platinum", "gsm8k_test": "test", "dev": "dev"}  # name -> data.data_files key
+PPO_NAMES = ("ppo", "ppo_best", "ppo_last")
+PAIRS = {"ppo_vs_sft": ("ppo", "sft"), "sft_vs_base": ("sft", "base")}  # first minus second
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_PPO_FILE = "policy_adapter.safetensors"  # what ppo_model.save_policy_adapter writes
+
+
+def eval_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "eval"
+
+
+# ---- models --------------------------------------------------------------------------------
+
+@dataclass
+class ModelSpec:
+    """One model to evaluate: where it is and whether it exists (``note`` says why not)."""
+
+    name: str
+    kind: str  # "base" | "checkpoint" | "ppo"
+    path: Path | None  # None: the hub base model of the config
+    notebook: str  # the notebook that writes it
+    available: bool
+    note: str = ""
+    marker: Path | None = None  # the file whose absence makes the model unavailable
+
+
+def _ppo_spec(cfg: Config, name: str, which: str | None) -> ModelSpec:
+    ppo = cfg.checkpoints_dir / "ppo"
+    order = [which] if which else ["best", "last"]
+    for sub in order:
+        if (ppo / sub / _PPO_FILE).is_file():
+            return ModelSpec(name, "ppo", ppo / sub, "05_ppo", True)
+    where = " or ".join(str(ppo / s) for s in order)
+    return ModelSpec(name, "ppo", ppo / order[-1], "05_ppo", False,
+                     f"skipped: no PPO checkpoint ({where}); run notebooks/05_ppo.ipynb first",
+                     ppo / order[-1] / _PPO_FILE)
+
+
+def _spec(cfg: Config, name: str) -> ModelSpec:
+    from .modeling import STATE_FILE, base_dir, sft_dir
+
+    if name == "base" and cfg.model.name_or_path != "scratch":
+        return ModelSpec("base", "base", None, "02_sft", True)  # a hub id or local model: loading will tell
+    if name in ("base", "sft"):
+        d = base_dir(cfg) if name == "base" else sft_dir(cfg)
+        ok = (d / STATE_FILE).is_file()
+        return ModelSpec(name, "checkpoint", d, "02_sft", ok,
+                         "" if ok else f"skipped: no finished checkpoint at {d}; run notebooks/02_sft.ipynb first",
+                         d / STATE_FILE)
+    if name in PPO_NAMES:
+        return _ppo_spec(cfg, name, {"ppo": None, "ppo_best": "best", "ppo_last": "last"}[name])
+    p = Path(name).expanduser()
+    if not p.is_absolute() and not p.exists():
+        p = cfg.root_dir / p
+    label = f"{p.parent.name}_{p.name}" if p.name in ("best", "last") else p.name
+    label = re.sub(r"_+", "_", re.sub(r"[^\w.-]+", "_", label)).strip("_") or "model"
+    if (p / _PPO_FILE).is_file():
+        return ModelSpec(label, "ppo", p, "05_ppo", True)
+    ok = (p / "config.json").is_file() or (p / "adapter_config.json").is_file()
+    return ModelSpec(label, "checkpoint", p, "02_sft", ok,
+                     "" if ok else f"skipped: {p} is not a checkpoint folder (no config.json, adapter_config.json "
+                                   f"or {_PPO_FILE}); pass base, sft, ppo, ppo_best, ppo_last or a folder "
+                                   "written by 02_sft or 05_ppo", p)
+
+
+def resolve_models(cfg: Config, names: Sequence[str] | None = None) -> list[ModelSpec]:
+    """Specs of ``names`` (default ``cfg.eval.models``), checked for existence without loading anything.
+
+    Raises ``MissingInputError`` when none of them exists: evaluating nothing
+    is never what was asked for (e.g. ``models="ppo"`` before 05 ran).
+    """
+    names = list(cfg.eval.models if names is None else names)
+    if not names:
+        raise ValueError("eval.models is empty; name at least one of base, sft, ppo or a checkpoint folder")
+    specs = [_spec(cfg, n) for n in names]
+    seen = [s.name for s in specs]
+    dup = sorted({n for n in seen if seen.count(n) > 1})
+    if dup:
+        raise ValueError(f"eval.models names {dup} twice; each model's records go to eval/<name>__<set>/")
+    if not any(s.available for s in specs):
+        first = specs[0]
+        require(first.marker, first.notebook)  # names the notebook that writes it
+        raise MissingInputError(f"{first.name}: {first.note}")
+    return specs
+
+
+def _load_model(cfg: Config, spec: ModelSpec, device):
+    from .modeling import load_policy
+    from .ppo_model import load_ppo_policy
+
+    if spec.kind == "ppo":
+        return load_ppo_policy(cfg, spec.path, device)
+    return load_policy(cfg, "base" if spec.path is None else str(spec.path), device)
+
+
+def _fingerprint(spec: ModelSpec, cfg: Config) -> str:
+    """What identifies the weights: a hash of the weight files (a rerun of 02 with the same result matches)."""
+    if spec.path is None:
+        return f"hub:{cfg.model.name_or_path}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in spec.path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ---- test sets -----------------------------------------------------------------------------
+
+def load_test_set(cfg: Config, name: str) -> list[dict]:
+    """Rows of a test set; ``n_eval > 0`` keeps a seeded sample (the same for every model)."""
+    if name not in TEST_SETS:
+        raise ValueError(f"test set {name!r} unknown; choose from {', '.join(TEST_SETS)}")
+    rows = read_jsonl(require(data_files(cfg.data_dir)[TEST_SETS[name]], "01_data"))
+    n = cfg.eval.n_eval
+    if 0 < n < len(rows):
+        idx = sorted(random.Random(f"eval:{name}:{cfg.seed}").sample(range(len(rows)), n))
+        rows = [rows[i] for i in idx]
+    return rows
+
+
+# ---- grading -------------------------------------------------------------------------------
+
+def format_ok(text: str, think: bool = False) -> bool:
+    """Exactly one ``#### N`` line, holding one number, where the answer may be (after ``</think>``).
+
+    >>> format_ok("2+3=5\\n#### 5"), format_ok("#### 5\\n#### 6"), format_ok("the answer is 5")
+    (True, False, False)
+    >>> format_ok("<think>\\n#### 5\\n</think>\\n#### 5"), format_ok("#### 5", think=True)
+    (False, False)
+    """
+    region = answer_region(text, think=think)
+    lines = final_answer_candidates(text)
+    return (region is not None and len(lines) == 1 and len(final_answer_candidates(region)) == 1
+            and normalize_number(lines[0]) is not None)
+
+
+def grade_question(problem: Mapping[str, Any], texts: Sequence[str], finish_reasons: Sequence[str],
+                   n_tokens: Sequence[int], think: bool) -> dict[str, Any]:
+    """One record for one question from its ``k >= 1`` completions (majority vote when ``k > 1``).
+
+    >>> row = {"id": "q1", "question": "2+3?", "answer": "<<2+3=5>>5\\n#### 5", "gold": "5"}
+    >>> r = grade_question(row, ["2+3=5\\n#### 5"], ["eos"], [7], think=False)
+    >>> r["correct"], r["format_ok"], r["category"], r["steps"]
+    (True, True, 'correct', 1)
+    >>> grade_question(row, ["2+3=6 so the answer is 6"], ["eos"], [9], think=False)["category"]
+    'format'
+    """
+    gold = normalize_number(str(problem["gold"]))
+    flex = [extract_answer(t, "flexible", think=think) for t in texts]
+    strict = [extract_answer(t, "strict", think=think) for t in texts]
+    vote, vote_strict = majority_vote(flex), majority_vote(strict)
+    rep = next((i for i, a in enumerate(flex) if vote is not None and numbers_equal(a, vote)), 0)
+    correct = numbers_equal(vote, gold)
+    fmt = format_ok(texts[rep], think)
+    return {
+        "id": str(problem["id"]), "question": problem["question"], "gold": str(problem["gold"]),
+        "steps": count_steps(problem.get("answer", "")), "completion": texts[rep], "extracted": vote,
+        "extracted_strict": vote_strict, "correct": correct, "correct_strict": numbers_equal(vote_strict, gold),
+        "finish_reason": finish_reasons[rep], "n_tokens": int(n_tokens[rep]), "format_ok": fmt,
+        "category": error_category(vote, correct, finish_reasons[rep], fmt), "n_samples": len(texts),
+        "n_correct_samples": sum(numbers_equal(a, gold) for a in flex), "answers": json.dumps(flex),
+    }
+
+
+def grade_records(problems: list[dict], samples: list[Any], think: bool) -> list[dict]:
+    """One record per problem; ``samples[i].prompt_index`` indexes ``problems`` (``generation.Sample``)."""
+    by_prompt: dict[int, list[Any]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt_index, []).append(s)
+    out = []
+    for i, p in enumerate(problems):
+        ss = sorted(by_prompt.get(i, []), key=lambda s: s.sample_idx)
+        if not ss:
+            raise ValueError(f"problem {p['id']} (index {i}) got no completion from the sampler")
+        out.append(grade_question(p, [s.text for s in ss], [s.finish_reason for s in ss],
+                                  [s.n_tokens for s in ss], think))
+    return out
+
+
+# ---- shards --------------------------------------------------------------------------------
+
+def _full_manifest(manifest: dict[str, Any], problems: list[dict], shard_size: int) -> dict[str, Any]:
+    ids = hashlib.sha256("\n".join(str(p["id"]) for p in problems).encode()).hexdigest()[:16]
+    return dict(manifest, n_problems=len(problems), ids_sha=ids, shard_size=shard_size)
+
+
+def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    path = out / "manifest.json"
+    if path.is_file():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{path}: these records were made with other settings or weights {diff} (old, new); "
+                             f"use another run_id or delete {out} to evaluate again")
+    else:
+        atomic_write_json(path, manifest)
+
+
+def _n_shards(n: int, shard_size: int) -> int:
+    if shard_size < 1:
+        raise ValueError(f"eval.shard_size must be >= 1, got {shard_size}")
+    return (n + shard_size - 1) // shard_size
+
+
+def _shard(out: Path, i: int) -> Path:
+    return out / f"shard_{i:05d}.parquet"
+
+
+def _read_shards(out: Path) -> pd.DataFrame:
+    files = sorted(out.glob("shard_*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def evaluate_set(problems: list[dict], sample_fn: Callable[[list[dict], int], Any], out_dir: Path, *,
+                 shard_size: int, seed: int, think: bool, manifest: dict[str, Any],
+                 log: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Generate, grade and write every shard not yet on disk; return all records and throughput.
+
+    ``sample_fn(problem_rows, shard_seed)`` returns a ``GenerationResult`` with
+    ``maj_k`` samples per problem; it is not called for shards on disk.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, _full_manifest(manifest, problems, shard_size))
+    n = _n_shards(len(problems), shard_size)
+    new_tokens, seconds, skipped = 0, 0.0, 0
+    for i in range(n):
+        if _shard(out, i).is_file():
+            skipped += 1
+            continue
+        chunk = problems[i * shard_size:(i + 1) * shard_size]
+        res = sample_fn(chunk, seed + i)
+        new_tokens += res.n_new_tokens
+        seconds += res.seconds
+        buf = io.BytesIO()
+        pd.DataFrame(grade_records(chunk, res.samples, think), columns=COLUMNS).to_parquet(buf, index=False)
+        atomic_write_bytes(_shard(out, i), buf.getvalue())
+    if skipped:
+        log(f"{out.name}: resumed, {skipped} of {n} shards were already on disk")
+    return _read_shards(out), {"new_tokens": new_tokens, "seconds": seconds, "shards": n, "shards_skipped": skipped,
+                               "tokens_per_second": new_tokens / seconds if seconds else 0.0}
+
+
+@dataclass
+class EvalResult:
+    """Records per model and test set, the models skipped (with why) and the throughput."""
+
+    records: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    speed: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    models: list[ModelSpec] = field(default_factory=list)
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _evaluate_model(cfg: Config, spec: ModelSpec, sets: dict[str, list[dict]], device, progress: bool,
+                    log: Callable[[str], None]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, float]]]:
+    """One model on every test set; the model is loaded only if some shard is missing, and dies with this frame."""
+    from .generation import generate
+    from .prompts import CHAT_INSTRUCTION, PLAIN_PROMPT, build_prompt, completion_starts_in_think
+
+    e, sampled = cfg.eval, cfg.eval.maj_k > 1
+    wording = hashlib.sha256((PLAIN_PROMPT + CHAT_INSTRUCTION).encode()).hexdigest()[:16]
+    manifest = {"model": spec.name, "checkpoint": str(spec.path or cfg.model.name_or_path),
+                "weights": _fingerprint(spec, cfg), "prompt_style": cfg.model.prompt_style, "prompt_wording": wording,
+                "max_new_tokens": e.max_new_tokens, "maj_k": e.maj_k,
+                # greedy output does not depend on the seed or the sampling settings
+                "temperature": e.temperature if sampled else 0.0, "top_p": e.top_p if sampled else 1.0,
+                "seed": cfg.seed if sampled else None}
+    outs = {ts: eval_dir(cfg.run_dir) / f"{spec.name}__{ts}" for ts in sets}
+    for ts, rows in sets.items():  # fail on a mismatch before spending minutes loading the model
+        if (outs[ts] / "manifest.json").is_file():
+            _check_manifest(outs[ts], _full_manifest(manifest, rows, e.shard_size))
+    todo = any(not _shard(outs[ts], i).is_file() for ts, rows in sets.items()
+               for i in range(_n_shards(len(rows), e.shard_size)))
+    model = tokenizer = None
+    think = False
+    if todo:
+        model, tokenizer = _load_model(cfg, spec, device)
+        think = completion_starts_in_think(tokenizer, cfg.model.prompt_style)
+    records, speed = {}, {}
+    for ts, rows in sets.items():
+        fn = lambda chunk, shard_seed, ts=ts: generate(  # noqa: E731
+            model, tokenizer, [build_prompt(r["question"], tokenizer, cfg.model.prompt_style) for r in chunk],
+            n=e.maj_k, max_new_tokens=e.max_new_tokens, temperature=e.temperature if sampled else 0.0,
+            top_p=e.top_p, batch_size=e.batch_size, seed=shard_seed, progress=progress, desc=f"{spec.name}/{ts}",
+            backend=cfg.rollouts.backend)
+        records[ts], speed[ts] = evaluate_set(rows, fn, outs[ts], shard_size=e.shard_size, seed=cfg.seed,
+                                              think=think, manifest=manifest, log=log)
+    del model, tokenizer  # the closures' last references: the caller's gc.collect() can free the weights
+    return records, speed
+
+
+def run(cfg: Config, device=None, *, progress: bool = True, log: Callable[[str], None] = print) -> EvalResult:
+    """Evaluate ``cfg.eval.models`` on ``cfg.eval.test_sets``, one model in memory at a time."""
+    from .modeling import resolve_device, set_cpu_threads
+
+    specs = resolve_models(cfg)
+    sets = {ts: load_test_set(cfg, ts) for ts in cfg.eval.test_sets}
+    device = device or resolve_device(cfg.device)
+    set_cpu_threads(cfg.model.cpu_threads, device)  # load_ppo_policy does not set it; a PPO-only run needs it too
+    result = EvalResult(models=specs)
+    for spec in specs:
+        if not spec.available:
+            result.skipped[spec.name] = spec.note
+            log(f"{spec.name}: {spec.note}")
+            continue
+        try:
+            result.records[spec.name], result.speed[spec.name] = _evaluate_model(cfg, spec, sets, device,
+                                                                                  progress, log)
+        finally:
+            _free_memory()  # the model went out of scope with _evaluate_model's frame
+    return result
+
+
+def load_records(run_dir: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every ``eval/<model>__<test_set>/`` folder of a run, read back (no generation)."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    for d in sorted(eval_dir(run_dir).glob("*__*")):
+        if d.is_dir() and any(d.glob("shard_*.parquet")):
+            model, ts = d.name.rsplit("__", 1)
+            out.setdefault(model, {})[ts] = _read_shards(d)
+    if not out:
+        raise MissingInputError(f"{eval_dir(run_dir)} holds no evaluation records: run notebooks/06_eval.ipynb "
+                                "first (with the same run_id)")
+    return out
+
+
+# ---- statistics ----------------------------------------------------------------------------
+
+def _frame(recs: Any) -> pd.DataFrame:
+    return recs if isinstance(recs, pd.DataFrame) else pd.DataFrame(list(recs))
+
+
+def _ppo_name(records: Mapping[str, Any]) -> str | None:
+    return next((n for n in PPO_NAMES if n in records), None)
+
+
+def paired_table(records: Mapping[str, Mapping[str, Any]], a: str, b: str, test_set: str) -> pd.DataFrame:
+    """The questions both models answered, side by side (``*_a``, ``*_b`` columns), in ``a``'s order."""
+    left = _frame(records[a][test_set])
+    right = _frame(records[b][test_set])
+    keep = [c for c in ("id", "correct", "extracted", "completion") if c in right.columns]
+    return left.merge(right[keep], on="id", how="inner", suffixes=("_a", "_b"))
+
+
+def outcome_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Both right / only a / only b / both wrong, from a ``paired_table``."""
+    a, b = table["correct_a"].astype(bool), table["correct_b"].astype(bool)
+    return {"both right": int((a & b).sum()), "only a": int((a & ~b).sum()), "only b": int((~a & b).sum()),
+            "both wrong": int((~a & ~b).sum())}
+
+
+def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed: int = 0,
+              skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``06_eval.json`` metrics from ``records[model][test_set]`` (DataFrames or lists of record dicts).
+
+    ``paired`` holds ``ppo_vs_sft`` (the first of ppo, ppo_best, ppo_last
+    present) and ``sft_vs_base`` where both models were scored on the set;
+    ``diff`` is first minus second, ``b01`` the questions only the second
+    solved, ``b10`` only the first. ``skipped`` notes go in as they are.
+    """
+    models: dict[str, Any] = {}
+    errors: dict[str, Any] = {}
+    by_steps: dict[str, Any] = {}
+    for name, per in records.items():
+        for ts, recs in per.items():
+            df = _frame(recs)
+            if df.empty:
+                continue
+            correct = df["correct"].astype(float)
+            acc, lo, hi = accuracy_ci(correct, n_boot=n_boot, seed=seed)
+            if correct.nunique() == 1:  # every resample is identical: the bootstrap collapses to a point
+                _, lo, hi = wilson_ci(int(correct.sum()), len(correct))
+            models.setdefault(name, {})[ts] = {"accuracy": acc, "ci95": [lo, hi], "n": int(len(df)),
+                                               "accuracy_strict": float(df["correct_strict"].astype(float).mean())}
+            counts = error_breakdown(df).iloc[0]
+            errors.setdefault(name, {})[ts] = {c: int(counts[c]) for c in ERROR_CATEGORIES}
+            acc_steps = df.groupby("steps")["correct"].apply(lambda s: float(s.astype(float).mean()))
+            by_steps.setdefault(name, {})[ts] = {str(int(k)): v for k, v in acc_steps.items()}
+    paired: dict[str, Any] = {}
+    for key, (a, b) in PAIRS.items():
+        a = _ppo_name(models) if a == "ppo" else a
+        if a not in models or b not in models:
+            continue
+        for ts in models[a]:
+            if ts not in models[b]:
+                continue
+            t = paired_table(records, a, b, ts)
+            if t.empty:
+                continue
+            r = paired_comparison(t["correct_a"].astype(int), t["correct_b"].astype(int), n_boot=n_boot, seed=seed)
+            paired.setdefault(key, {})[ts] = {k: r[k] for k in ("diff", "ci95", "mcnemar_p", "b01", "b10")}
+    out = {"models": models, "paired": paired, "errors": errors, "by_steps": by_steps}
+    if skipped:
+        out["skipped"] = dict(skipped)
+    return out
+
+
+def accuracy_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """``summary["models"]`` as a long table: model, test_set, accuracy, lo, hi, n, accuracy_strict."""
+    rows = [{"model": m, "test_set": ts, "accuracy": r["accuracy"], "lo": r["ci95"][0], "hi": r["ci95"][1],
+             "n": r["n"], "accuracy_strict": r["accuracy_strict"]}
+            for m, per in summary["models"].items() for ts, r in per.items()]
+    return pd.DataFrame(rows, columns=["model", "test_set", "accuracy", "lo", "hi", "n", "accuracy_strict"])

@@ -1,0 +1,420 @@
+"""PPO with the Regime W reward: the training loop, checkpoints, resume, and a CLI.
+
+One iteration:
+
+1. the bandit picks the arm of each of the batch's prompts (Regime W's arms);
+2. the policy samples ``k`` completions per prompt (``generation.generate``);
+3. Regime W scores each completion and turns the scores into one reward;
+4. old log-probs (policy), reference log-probs (SFT weights) and values in
+   batched forwards;
+5. advantages: ``gae`` (token-level KL penalty folded into the reward) or
+   ``group`` (GRPO-style reward normalised per prompt, no critic; the KL
+   then enters the loss through the k3 estimator);
+6. PPO epochs over shuffled minibatches: clipped policy loss, clipped value
+   loss, optional entropy bonus, gradient clipping;
+7. the bandit is paid each arm's learning signal p(1-p);
+8. metrics (one JSON line per iteration), periodic greedy dev eval, and an
+   atomic checkpoint: adapters, value head, optimisers, schedulers, bandit,
+   RNG states and the iteration. ``resume`` continues from the last complete
+   iteration; every random draw of an iteration is seeded by (seed,
+   iteration), so a resumed run matches a straight one.
+
+Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
+Each process samples its share of the batch's prompts; gradients of the
+trained tensors (adapters and value head, a few MB) are averaged across
+processes before each optimiser step; metrics are averaged; rank 0 writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import modeling, prompts
+from .answers import is_correct
+from .artifacts import Timer, atomic_write_text, read_json
+from .config import Config
+from .generation import generate
+from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
+                         policy_loss, token_rewards, value_loss)
+from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
+from .regime_w.arms import build_arms, learning_signal, make_bandit
+from .regime_w.reward import components, reward
+from .regime_w.scoring import score
+
+LOG_NAME = "ppo_log.jsonl"
+STATE_NAME = "trainer_state.pt"
+
+
+def ppo_dir(cfg: Config) -> Path:
+    return cfg.checkpoints_dir / "ppo"
+
+
+@dataclass
+class Batch:
+    """The tensors of one iteration's sequences, right-padded; ``mask`` marks completion tokens (shifted)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # [B, L-1]: 1 where position t predicts a completion token
+    group: torch.Tensor  # prompt index of each sequence
+
+
+def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    mask = torch.zeros((len(seqs), L - 1), dtype=torch.float32)
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        att[i, :len(seq)] = 1
+        p = len(s.prompt_ids)
+        mask[i, p - 1:len(seq) - 1] = 1.0  # logits at p-1 predict the first completion token
+    group = torch.tensor([s.prompt_index for s in samples])
+    return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device))
+
+
+class Distributed:
+    """What the loop needs of accelerate: rank, world size, gradient and metric averaging."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.acc = None
+        try:
+            from accelerate import Accelerator
+            from accelerate.state import PartialState
+
+            if PartialState().num_processes > 1 or cfg.ppo.report_to != "none":
+                cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+                log_with = None if cfg.ppo.report_to == "none" else cfg.ppo.report_to
+                self.acc = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(cfg.run_dir))
+                if log_with:
+                    self.acc.init_trackers("looper_ppo", config={"ppo": vars(cfg.ppo)})
+        except ImportError:  # accelerate is a dependency; without it the loop runs on one device
+            pass
+
+    @property
+    def rank(self) -> int:
+        return self.acc.process_index if self.acc else 0
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes if self.acc else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, cfg: Config) -> torch.device:
+        return self.acc.device if self.acc else modeling.resolve_device(cfg.device)
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                p.grad = self.acc.reduce(p.grad, reduction="mean")
+
+    def average(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return metrics
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        t = torch.tensor([float(metrics[k]) for k in keys], device=self.acc.device)
+        t = self.acc.reduce(t, reduction="mean").tolist()
+        return dict(metrics, **dict(zip(keys, t)))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.acc and self.acc.log_with:
+            self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+class PPOTrainer:
+    """Holds the models, optimisers, bandit and data; ``train()`` runs the iterations."""
+
+    def __init__(self, cfg: Config, train_rows: list[dict], dev_rows: list[dict], out_dir: Path | None = None,
+                 progress: bool = True) -> None:
+        self.cfg, self.p = cfg, cfg.ppo
+        self.dist = Distributed(cfg)
+        self.device = self.dist.device(cfg)
+        self.out = Path(out_dir) if out_dir else ppo_dir(cfg)
+        self.progress = progress and self.dist.is_main
+        torch.manual_seed(cfg.seed)
+        self.pv = PolicyValue(cfg, self.device)
+        self.tok = self.pv.tokenizer
+        self.style = cfg.model.prompt_style
+        self.think = prompts.completion_starts_in_think(self.tok, self.style)
+        self.train_rows, self.dev_rows = train_rows, dev_rows[:self.p.n_dev] if self.p.n_dev else dev_rows
+        rollout_df = None
+        if cfg.bandit.arms == "pass_rate":  # arms from 03's measured pass rates
+            from .rollouts import load_rollouts
+
+            rollout_df = load_rollouts(cfg.run_dir)
+        self.arms = build_arms(cfg.bandit, train_rows, rollout_df)
+        row_of = {str(r["id"]): i for i, r in enumerate(train_rows)}
+        self.arm_rows = [[row_of[i] for i in arm.ids] for arm in self.arms]
+        self.bandit = make_bandit(cfg.bandit, len(self.arms), cfg.seed)
+        pol, val = self.pv.adapter_params(POLICY), self.pv.adapter_params(VALUE) + list(self.pv.value_head.parameters())
+        self.policy_params, self.value_params = pol, val
+        self.opt_pi = torch.optim.AdamW(pol, lr=self.p.learning_rate, weight_decay=0.0)
+        self.opt_v = torch.optim.AdamW(val, lr=self.p.value_learning_rate, weight_decay=0.0)
+        total = max(1, self.p.iterations)
+        self.sched_pi = torch.optim.lr_scheduler.LambdaLR(self.opt_pi, lambda i: max(0.0, 1.0 - i / (total * self.p.ppo_epochs * 1000)))
+        self.sched_v = torch.optim.lr_scheduler.LambdaLR(self.opt_v, lambda i: 1.0)
+        self.iteration = 0
+        self.best_dev = -1.0
+        self.history: list[dict[str, Any]] = []
+
+    # -- one iteration ----------------------------------------------------------
+    def _pick_prompts(self, it: int) -> tuple[list[dict], list[int]]:
+        n_local = max(1, self.p.prompts_per_iter // self.dist.world)
+        rng = np.random.default_rng([self.cfg.seed, it, self.dist.rank])
+        arm_ids = self.bandit.select(n_local, rng)
+        rows = []
+        for a in arm_ids:
+            idx = self.arm_rows[a]
+            rows.append(self.train_rows[int(idx[rng.integers(len(idx))])])
+        return rows, list(arm_ids)
+
+    def _forward_all(self, b: Batch) -> dict[str, torch.Tensor]:
+        """Old log-probs, reference log-probs and values, in minibatches, without gradients."""
+        outs: dict[str, list[torch.Tensor]] = {"logp": [], "ref": [], "values": []}
+        mb = self.p.minibatch_size
+        with torch.no_grad():
+            for s in range(0, len(b.input_ids), mb):
+                ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
+                outs["logp"].append(self.pv.token_logprobs(POLICY, ids, att)[0])
+                outs["ref"].append(self.pv.token_logprobs(REF, ids, att)[0])
+                outs["values"].append(self.pv.values(ids, att))
+        return {k: torch.cat(v) for k, v in outs.items()}
+
+    def iterate(self, it: int) -> dict[str, Any]:
+        timer = Timer()
+        rows, arm_ids = self._pick_prompts(it)
+        with timer.section("generate"):
+            with self.pv.use(POLICY):
+                res = generate(self.pv.model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style)
+                                                          for r in rows],
+                               n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
+                               batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
+                               progress=False, backend=self.cfg.rollouts.backend)
+        with timer.section("score"):
+            scores = [score(s.text, rows[s.prompt_index], finish_reason=s.finish_reason, n_tokens=s.n_tokens,
+                            think=self.think) for s in res.samples]
+            rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
+            comps = [components(sc) for sc in scores]
+            correct = [bool(sc.correct) for sc in scores]
+        b = make_batch(res.samples, self.tok.pad_token_id, self.device)
+        with timer.section("forward"):
+            old = self._forward_all(b)
+            m = b.mask
+            kl_tok = kl_k1(old["logp"], old["ref"]) * m
+            r = rewards.to(self.device)
+            if self.p.advantage == "gae":
+                tr = token_rewards(r, old["logp"], old["ref"], m, self.p.kl_coef)
+                adv, ret = gae(tr, old["values"] * m, m, self.p.gamma, self.p.lam)
+                adv = masked_whiten(adv, m)
+            else:
+                seq_adv = group_advantages(r, b.group)
+                adv = seq_adv[:, None] * m
+                ret = old["values"] * m  # no critic in the loss; kept for the log
+        with timer.section("update"):
+            stats = self._update(b, old, adv, ret)
+        # bandit: each arm is paid the learning signal of its rollouts this iteration
+        by_arm: dict[int, list[bool]] = {}
+        for s, c in zip(res.samples, correct):
+            by_arm.setdefault(arm_ids[s.prompt_index], []).append(c)
+        for a, flags in by_arm.items():
+            self.bandit.update(a, learning_signal(flags))
+        n_tok = sum(s.n_tokens for s in res.samples)
+        t = timer.totals
+        metrics = {
+            "iteration": it + 1,
+            "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "accuracy": float(np.mean(correct)),
+            **{f"r_{k}": float(np.mean([c[k] for c in comps])) for k in comps[0]},
+            "kl": float((kl_tok.sum(1)).mean()), "response_length": n_tok / len(res.samples),
+            "truncated": float(np.mean([s.finish_reason == "length" for s in res.samples])),
+            **stats,
+            "t_generate": t.get("generate", 0.0), "t_score": t.get("score", 0.0),
+            "t_forward": t.get("forward", 0.0), "t_update": t.get("update", 0.0),
+            "gen_tokens_per_second": res.tokens_per_second,
+            "arms": {str(a): sum(1 for x in arm_ids if x == a) for a in sorted(set(arm_ids))},
+        }
+        return self.dist.average(metrics)
+
+    def _update(self, b: Batch, old: dict[str, torch.Tensor], adv: torch.Tensor, ret: torch.Tensor) -> dict[str, float]:
+        p, n = self.p, len(b.input_ids)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.iteration)
+        agg: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [],
+                                       "approx_kl": []}
+        for _ in range(p.ppo_epochs):
+            perm = torch.randperm(n, generator=g)
+            for s in range(0, n, p.minibatch_size):
+                idx = perm[s:s + p.minibatch_size].to(self.device)
+                ids, att, m = b.input_ids[idx], b.attention_mask[idx], b.mask[idx]
+                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True)
+                pl, clipfrac = policy_loss(logp, old["logp"][idx], adv[idx], m, p.clip_range)
+                loss = pl - p.ent_coef * masked_mean(ent, m)
+                if p.advantage == "group" and p.kl_coef > 0:
+                    loss = loss + p.kl_coef * masked_mean(kl_k3(logp, old["ref"][idx]), m)
+                self.opt_pi.zero_grad(set_to_none=True)
+                loss.backward()
+                self.dist.average_grads(self.policy_params)
+                torch.nn.utils.clip_grad_norm_(self.policy_params, p.max_grad_norm)
+                self.opt_pi.step()
+                self.sched_pi.step()
+                agg["policy_loss"].append(pl.item())
+                agg["clipfrac"].append(clipfrac.item())
+                agg["entropy"].append(masked_mean(ent, m).item())
+                agg["approx_kl"].append(masked_mean(0.5 * (logp - old["logp"][idx]) ** 2, m).item())
+                if p.advantage == "gae":
+                    v = self.pv.values(ids, att)
+                    vl = value_loss(v, old["values"][idx], ret[idx], m, p.value_clip)
+                    self.opt_v.zero_grad(set_to_none=True)
+                    vl.backward()
+                    self.dist.average_grads(self.value_params)
+                    torch.nn.utils.clip_grad_norm_(self.value_params, p.max_grad_norm)
+                    self.opt_v.step()
+                    self.sched_v.step()
+                    agg["value_loss"].append(vl.item())
+        out = {k: float(np.mean(v)) if v else 0.0 for k, v in agg.items()}
+        out["explained_variance"] = explained_variance(old["values"], ret, b.mask) if p.advantage == "gae" else float("nan")
+        return out
+
+    # -- evaluation ---------------------------------------------------------------
+    def dev_accuracy(self, rows: list[dict] | None = None) -> tuple[float, list[bool]]:
+        rows = rows if rows is not None else self.dev_rows
+        with self.pv.use(POLICY):
+            res = generate(self.pv.model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style)
+                                                      for r in rows],
+                           max_new_tokens=self.p.max_new_tokens, temperature=0.0,
+                           batch_size=self.cfg.sft.eval_batch_size, progress=False, backend=self.cfg.rollouts.backend)
+        flags = [is_correct(s.text, r["gold"], think=self.think) for s, r in zip(res.samples, rows)]
+        return float(np.mean(flags)) if flags else 0.0, flags
+
+    # -- checkpoints ------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "best_dev": self.best_dev,
+            "trainable": self.pv.trainable_state(),
+            "opt_pi": self.opt_pi.state_dict(), "opt_v": self.opt_v.state_dict(),
+            "sched_pi": self.sched_pi.state_dict(), "sched_v": self.sched_v.state_dict(),
+            "bandit": self.bandit.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def save(self, name: str) -> Path:
+        """Write ``<out>/<name>/`` atomically: trainer state, policy adapter, config, step."""
+        from .config import save as save_cfg
+
+        final = self.out / name
+        with modeling._atomic_dir(final) as tmp:
+            torch.save(self.state(), tmp / STATE_NAME)
+            save_policy_adapter(self.pv, tmp)
+            save_cfg(self.cfg, tmp / modeling.CONFIG_FILE)
+            atomic_write_text(tmp / modeling.STATE_FILE, json.dumps(
+                {"stage": "ppo", "step": self.iteration, "format": "ppo_adapter", "best_dev": self.best_dev}) + "\n")
+        return final
+
+    def load(self, path: Path) -> None:
+        st = torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=False)
+        self.pv.load_trainable_state(st["trainable"])
+        self.opt_pi.load_state_dict(st["opt_pi"])
+        self.opt_v.load_state_dict(st["opt_v"])
+        self.sched_pi.load_state_dict(st["sched_pi"])
+        self.sched_v.load_state_dict(st["sched_v"])
+        self.bandit.load_state_dict(st["bandit"])
+        torch.set_rng_state(st["rng"]["torch"])
+        random.setstate(st["rng"]["python"])
+        np.random.set_state(st["rng"]["numpy"])
+        if st["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        self.iteration, self.best_dev = st["iteration"], st["best_dev"]
+
+    def _read_log(self) -> list[dict[str, Any]]:
+        path = self.out / LOG_NAME
+        if not path.is_file():
+            return []
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return [r for r in rows if r["iteration"] <= self.iteration]  # lines past the checkpoint are redone
+
+    def _write_log(self) -> None:
+        atomic_write_text(self.out / LOG_NAME, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    # -- the loop -----------------------------------------------------------------
+    def train(self, iterations: int | None = None, on_iteration: Callable[[dict[str, Any]], None] | None = None,
+              stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Run until ``iterations`` (default: the config's); ``stop_after`` ends early (for tests)."""
+        from tqdm.auto import tqdm
+
+        total = iterations or self.p.iterations
+        last = self.out / "last"
+        if self.p.resume and (last / STATE_NAME).is_file():
+            self.load(last)
+        else:
+            self.iteration = 0
+        self.history = self._read_log() if self.iteration else []
+        bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not self.progress)
+        done = 0
+        while self.iteration < total and (stop_after is None or done < stop_after):
+            t0 = time.perf_counter()
+            metrics = self.iterate(self.iteration)
+            self.iteration += 1
+            if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total):
+                acc, _ = self.dev_accuracy()
+                metrics["dev_accuracy"] = acc
+                if acc > self.best_dev and self.dist.is_main:
+                    self.best_dev = acc
+                    self.save("best")
+            metrics["seconds"] = time.perf_counter() - t0
+            # sampled tokens per second of the whole iteration (generation + scoring + update)
+            metrics["tokens_per_second"] = (metrics["response_length"] * self.p.k * self.p.prompts_per_iter
+                                            / max(1e-9, metrics["seconds"]))
+            self.history.append(metrics)
+            if self.dist.is_main and (self.iteration % self.p.save_every == 0 or self.iteration == total):
+                self.save("last")
+                self._write_log()
+            self.dist.log(metrics, self.iteration)
+            if on_iteration:
+                on_iteration(metrics)
+            bar.update(1)
+            done += 1
+        bar.close()
+        return self.history
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m looper_utils.ppo`` / ``accelerate launch -m looper_utils.ppo``: 05 without the notebook."""
+    from . import config as config_mod, data
+
+    ap = argparse.ArgumentParser(prog="looper_utils.ppo", description="PPO with the Regime W reward")
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--run-id", default="latest")
+    ap.add_argument("--root", default="")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args(argv)
+    from .pipeline import parse_params
+
+    cfg = config_mod.build(a.profile, stage="ppo", run_id=a.run_id, root=a.root, **parse_params(a.param))
+    files = data.data_files(cfg.data_dir)
+    trainer = PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]))
+    hist = trainer.train(on_iteration=lambda m: print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                                                  for k, v in m.items()})))
+    print(f"done: {len(hist)} iterations, checkpoints in {trainer.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Sampled completions from a policy, graded, written as resumable Parquet shards.
+
+``collect`` samples ``k`` completions for each of N problems with the one
+generation function, grades each with the one grader, and writes one Parquet
+file per shard of problems under ``runs/<run_id>/rollouts/``. A rerun skips
+the shards already written; each shard is written atomically, so a killed run
+loses at most the shard in flight. Every shard is sampled with its own seed
+(``seed + shard index``), which makes a resumed run identical to a straight one.
+
+A ``manifest.json`` records what the shards were made with; a rerun with other
+settings stops instead of mixing two kinds of samples in one table.
+
+Metrics: pass@k with the unbiased estimator, maj@k, accuracy per difficulty
+bucket (calculation steps of the gold solution), truncation rate, tokens/s.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from .answers import extract_answer, normalize_number, numbers_equal
+from .artifacts import MissingInputError, atomic_write_bytes, atomic_write_json, read_json
+from .data import count_steps
+from .stats import maj_at_k, pass_at_k
+
+COLUMNS = ["prompt_id", "sample_idx", "question", "answer", "gold", "steps", "completion", "n_tokens",
+           "finish_reason", "extracted", "extracted_strict", "correct", "correct_strict"]
+
+
+def rollout_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "rollouts"
+
+
+def grade_records(problems: list[dict], samples: list[Any], think: bool) -> list[dict]:
+    """One record per sample; ``samples[i].prompt_index`` indexes ``problems``."""
+    recs = []
+    for s in samples:
+        p = problems[s.prompt_index]
+        gold = normalize_number(str(p["gold"]))
+        flex = extract_answer(s.text, "flexible", think=think)
+        strict = extract_answer(s.text, "strict", think=think)
+        recs.append({
+            "prompt_id": str(p["id"]), "sample_idx": int(s.sample_idx), "question": p["question"],
+            "answer": p.get("answer", ""), "gold": str(p["gold"]), "steps": count_steps(p.get("answer", "")),
+            "completion": s.text, "n_tokens": int(s.n_tokens), "finish_reason": s.finish_reason,
+            "extracted": flex, "extracted_strict": strict,
+            "correct": numbers_equal(flex, gold), "correct_strict": numbers_equal(strict, gold),
+        })
+    return recs
+
+
+def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    path = out / "manifest.json"
+    if path.is_file():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{path}: these rollouts were made with other settings {diff} (old, new); "
+                             "use another run_id or delete that folder to start over")
+    else:
+        atomic_write_json(path, manifest)
+
+
+def collect(problems: list[dict], sample_fn: Callable[[list[dict], int], Any], out_dir: Path, *,
+            shard_size: int, seed: int, think: bool, manifest: dict[str, Any],
+            log: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Sample, grade and write every shard not yet on disk; return the full table and throughput.
+
+    ``sample_fn(problem_rows, shard_seed)`` returns a ``GenerationResult``
+    (``looper_utils.generation``) for those problems; passing it in keeps this
+    module free of model code, so the notebook picks the backend.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, dict(manifest, n_problems=len(problems), shard_size=shard_size, seed=seed))
+    n_shards = (len(problems) + shard_size - 1) // shard_size
+    new_tokens, seconds, skipped = 0, 0.0, 0
+    for i in range(n_shards):
+        path = out / f"shard_{i:05d}.parquet"
+        if path.is_file():
+            skipped += 1
+            continue
+        chunk = problems[i * shard_size:(i + 1) * shard_size]
+        res = sample_fn(chunk, seed + i)
+        new_tokens += res.n_new_tokens
+        seconds += res.seconds
+        df = pd.DataFrame(grade_records(chunk, res.samples, think), columns=COLUMNS)
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(path, buf.getvalue())
+    if skipped:
+        log(f"resumed: {skipped} of {n_shards} shards were already on disk")
+    return load_rollouts(out.parent), {"new_tokens": new_tokens, "seconds": seconds,
+                                       "tokens_per_second": new_tokens / seconds if seconds else 0.0,
+                                       "shards_skipped": skipped, "shards": n_shards}
+
+
+def load_rollouts(run_dir: Path) -> pd.DataFrame:
+    """Every shard of ``runs/<run_id>/rollouts/`` as one table (problem order, then sample index)."""
+    files = sorted(rollout_dir(run_dir).glob("shard_*.parquet"))
+    if not files:
+        raise MissingInputError(f"{rollout_dir(run_dir)} holds no rollouts: run notebooks/03_rollouts.ipynb "
+                                "first (with the same run_id)")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def per_problem(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per problem: samples, correct count, pass rate, steps, majority answer."""
+    g = df.groupby("prompt_id", sort=False)
+    out = g.agg(question=("question", "first"), gold=("gold", "first"), steps=("steps", "first"),
+                n=("correct", "size"), c=("correct", "sum"))
+    out["pass_rate"] = out["c"] / out["n"]
+    out["maj_correct"] = [maj_at_k(list(sub["extracted"]), gold) for (_, sub), gold in zip(g, out["gold"])]
+    return out.reset_index()
+
+
+def metrics(df: pd.DataFrame, ks: list[int] | None = None) -> dict[str, Any]:
+    """pass@k (unbiased), maj@k, accuracy overall and per steps, truncation rate."""
+    pp = per_problem(df)
+    k_max = int(pp["n"].min())
+    ks = sorted({k for k in (ks or [1, 2, 4, 8, 16, 32, 64]) if k <= k_max} | {k_max})
+    pass_k = {str(k): float(sum(pass_at_k(int(n), int(c), k) for n, c in zip(pp["n"], pp["c"])) / len(pp))
+              for k in ks}
+    by_steps = df.groupby("steps")["correct"].mean()
+    return {
+        "k": k_max, "n_problems": int(len(pp)), "n_completions": int(len(df)),
+        "accuracy": float(df["correct"].mean()), "accuracy_strict": float(df["correct_strict"].mean()),
+        "pass_at_k": pass_k, "maj_at_k": float(pp["maj_correct"].mean()),
+        "accuracy_by_steps": {str(int(s)): float(v) for s, v in by_steps.items()},
+        "truncation_rate": float((df["finish_reason"] == "length").mean()),
+        "never_solved": int((pp["c"] == 0).sum()), "always_solved": int((pp["c"] == pp["n"]).sum()),
+        "mean_tokens": float(df["n_tokens"].mean()),
+    }
+
+
+
+def select_problems(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """A seeded sample of ``n`` problems (all of them when ``n`` is 0 or too large), in a stable order."""
+    import random
+
+    if n <= 0 or n >= len(rows):
+        return list(rows)
+    idx = sorted(random.Random(f"rollouts:{seed}").sample(range(len(rows)), n))
+    return [rows[i] for i in idx]

@@ -1,0 +1,123 @@
+"""PPO on the tiny CPU model: adapter switching, gradients, checkpoints and resume."""
+import json
+
+import pytest
+import torch
+
+from looper_utils import config, data, modeling, ppo
+from looper_utils.ppo_model import POLICY, REF, VALUE
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo_root")
+    rows = data.synthetic_problems(120, seed=0)
+    cfg = config.build("smoke", root=str(root), stage="ppo", iterations=3, prompts_per_iter=4, k=2,
+                       max_new_tokens=16, minibatch_size=4, eval_every=0, n_dev=8, ppo_epochs=1,
+                       learning_rate=5e-3, **{"model.hidden_size": 32, "model.num_layers": 1,
+                                              "model.intermediate_size": 64})
+    tok = modeling.build_tokenizer(modeling.tokenizer_corpus(rows), vocab_size=300)
+    model = modeling.build_scratch_model(cfg.model, tok, seed=0)
+    modeling.save_checkpoint(modeling.base_dir(cfg), model, tok, cfg, stage="base", step=0)
+    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=0)
+    return cfg, rows[:100], rows[100:]
+
+
+def _trainer(setup, out, **over):
+    cfg, train, dev = setup
+    cfg = cfg.override(stage="ppo", **over)
+    return ppo.PPOTrainer(cfg, train, dev, out_dir=out, progress=False)
+
+
+def _batch(tr):
+    from looper_utils import generation, prompts
+    res = generation.generate(tr.pv.model, tr.tok, [prompts.build_prompt(r["question"], tr.tok, "chat")
+                                                    for r in tr.train_rows[:3]], n=2, max_new_tokens=8,
+                              temperature=1.0, seed=0, progress=False)
+    return ppo.make_batch(res.samples, tr.tok.pad_token_id, tr.device)
+
+
+def test_reference_fixed_policy_moves_value_head_learns(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "a")
+    b = _batch(tr)
+    with torch.no_grad():
+        ref0 = tr.pv.token_logprobs(REF, b.input_ids, b.attention_mask)[0]
+        pol0 = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask)[0]
+    assert torch.allclose(ref0, pol0, atol=1e-6)  # the policy starts as the SFT model
+    base_before = {n: p.detach().clone() for n, p in tr.pv.model.named_parameters() if "lora_" not in n}
+    tr.train(iterations=2)
+    with torch.no_grad():
+        ref1 = tr.pv.token_logprobs(REF, b.input_ids, b.attention_mask)[0]
+        pol1 = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask)[0]
+    assert torch.equal(ref0, ref1), "the reference moved"
+    assert not torch.allclose(pol0, pol1), "the policy did not move"
+    for n, p in tr.pv.model.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base_before[n]), f"frozen base weight {n} changed"
+            assert not p.requires_grad
+
+
+def test_gradients_reach_value_head_not_base(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "g")
+    b = _batch(tr)
+    v = tr.pv.values(b.input_ids, b.attention_mask)
+    (v * b.mask).sum().backward()
+    assert tr.pv.value_head.weight.grad is not None and tr.pv.value_head.weight.grad.abs().sum() > 0
+    value_lora = [p for n, p in tr.pv.model.named_parameters() if f".{VALUE}." in n and "lora_A" in n]
+    assert value_lora and all(p.grad is None or p.grad.abs().sum() == 0 for p in value_lora)  # B starts at 0
+    assert all(p.grad is None for n, p in tr.pv.model.named_parameters() if "lora_" not in n)
+    assert all(p.grad is None for n, p in tr.pv.model.named_parameters() if f".{POLICY}." in n)
+
+
+@pytest.mark.parametrize("advantage", ["gae", "group"])
+def test_resume_matches_straight_run(setup, tmp_path, advantage):
+    straight = _trainer(setup, tmp_path / "s", advantage=advantage)
+    hist_s = straight.train(iterations=3)
+    part = _trainer(setup, tmp_path / "r", advantage=advantage)
+    part.train(iterations=3, stop_after=2)
+    assert json.loads((tmp_path / "r" / "ppo_log.jsonl").read_text().splitlines()[-1])["iteration"] == 2
+    resumed = _trainer(setup, tmp_path / "r", advantage=advantage)  # a fresh process would build this
+    hist_r = resumed.train(iterations=3)
+    assert [h["iteration"] for h in hist_r] == [1, 2, 3]
+    for a, b in zip(hist_s, hist_r):
+        for k in ("reward", "accuracy", "kl", "policy_loss", "value_loss", "entropy", "response_length"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    sd_s, sd_r = straight.pv.trainable_state(), resumed.pv.trainable_state()
+    assert sd_s.keys() == sd_r.keys()
+    for k in sd_s:
+        assert torch.allclose(sd_s[k], sd_r[k], atol=1e-6), k
+
+
+def test_killed_mid_iteration_resumes_from_last_complete(setup, tmp_path, monkeypatch):
+    tr = _trainer(setup, tmp_path / "k")
+    tr.train(iterations=3, stop_after=1)
+    calls = {"n": 0}
+    real = ppo.PPOTrainer._update
+
+    def dying_update(self, *a, **kw):
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed during the update of iteration 2")
+
+    monkeypatch.setattr(ppo.PPOTrainer, "_update", dying_update)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(setup, tmp_path / "k").train(iterations=3)
+    monkeypatch.setattr(ppo.PPOTrainer, "_update", real)
+    again = _trainer(setup, tmp_path / "k")
+    hist = again.train(iterations=3)
+    assert calls["n"] == 1 and [h["iteration"] for h in hist] == [1, 2, 3]
+    state = json.loads((tmp_path / "k" / "last" / "looper_state.json").read_text())
+    assert state["step"] == 3
+
+
+def test_saved_policy_loads_for_generation(setup, tmp_path):
+    from looper_utils import generation, ppo_model
+    tr = _trainer(setup, tmp_path / "p")
+    tr.train(iterations=1)
+    model, tok = ppo_model.load_ppo_policy(tr.cfg, tmp_path / "p" / "last", torch.device("cpu"))
+    q = [tr.train_rows[0]["question"]]
+    from looper_utils import prompts
+    p = [prompts.build_prompt(q[0], tok, "chat")]
+    a = generation.generate(model, tok, p, max_new_tokens=10, progress=False).texts
+    with tr.pv.use(POLICY):
+        b = generation.generate(tr.pv.model, tr.tok, p, max_new_tokens=10, progress=False).texts
+    assert a == b

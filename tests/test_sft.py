@@ -1,0 +1,121 @@
+"""SFT on a handful of synthetic problems: masking, loss, checkpoints, resume, LoRA, the dev check."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from looper_utils import answers, config, data, modeling, prompts, sft
+
+CPU = torch.device("cpu")
+
+
+def tiny_cfg(root, **kw):
+    params = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                  tokenizer_vocab=400, max_position=256, learning_rate=1e-2, batch_size=8, max_steps=12,
+                  logging_steps=1, save_steps=6, warmup_ratio=0.0)
+    params.update(kw)
+    return config.build("smoke", stage="sft", root=str(root), **params)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return data.synthetic_problems(24, seed=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, rows):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("sft"))
+    model, tok = modeling.build_or_load_base(cfg, rows, device=CPU)
+    result = sft.train_sft(cfg, model, tok, rows, device=CPU, progress=False)
+    return cfg, result, tok
+
+
+def test_dataset_trains_on_the_completion_only(trained, rows):
+    _, _, tok = trained
+    ds, too_long = sft.build_dataset(rows[:3], tok, "chat", max_length=256)
+    assert too_long == 0 and len(ds) == 3
+    for row, ex in zip(rows[:3], ds):
+        pair = prompts.sft_example(row, tok, "chat")
+        prompt_ids = [i for i, m in zip(ex["input_ids"], ex["completion_mask"]) if not m]
+        completion_ids = [i for i, m in zip(ex["input_ids"], ex["completion_mask"]) if m]
+        assert prompt_ids == prompts.encode_prompt(tok, pair["prompt"])
+        assert tok.decode(completion_ids) == pair["completion"] and completion_ids[-1] == tok.eos_token_id
+    assert sft.build_dataset(rows[:3], tok, "chat", max_length=10)[1] == 3
+
+
+def test_training_lowers_the_loss(trained):
+    _, result, _ = trained
+    losses = [h["loss"] for h in result.loss_history]
+    assert [h["step"] for h in result.loss_history] == list(range(1, 13))
+    assert losses[-1] < 0.7 * losses[0]
+    assert result.final_loss == losses[-1] and result.train_steps == 12 and result.train_seconds > 0
+    assert result.n_examples == 24 and result.resumed_from_step is None
+
+
+def test_checkpoint_is_saved_and_reloads(trained):
+    cfg, result, tok = trained
+    out = modeling.sft_dir(cfg)
+    assert result.output_dir == out
+    state = modeling.read_state(out)
+    assert state["stage"] == "sft" and state["step"] == 12 and state["format"] == "full"
+    assert (out / "looper_config.json").is_file() and (out / "tokenizer.json").is_file()
+    model, tok2 = modeling.load_policy(cfg, "sft", CPU)
+    base, _ = modeling.load_policy(cfg, "base", CPU)
+    x = torch.tensor([prompts.encode_prompt(tok, "Mia has 3 apples.")])
+    assert not torch.allclose(model(x).logits, base(x).logits)  # the saved weights are the trained ones
+    assert (sft.trainer_dir(cfg) / "checkpoint-12").is_dir()
+
+
+def test_resume_continues_and_changed_settings_start_over(tmp_path, rows):
+    cfg = tiny_cfg(tmp_path, max_steps=4, save_steps=2)
+    model, tok = modeling.build_or_load_base(cfg, rows, device=CPU)
+    first = sft.train_sft(cfg, model, tok, rows, device=CPU, progress=False)
+    assert first.train_steps == 4 and first.resumed_from_step is None
+
+    longer = cfg.override(stage="sft", max_steps=6)
+    model, tok = modeling.load_policy(longer, "base", CPU)
+    resumed = sft.train_sft(longer, model, tok, rows, device=CPU, progress=False)
+    assert resumed.resumed_from_step == 4 and resumed.train_steps == 6
+    assert [h["step"] for h in resumed.loss_history] == list(range(1, 7))  # history carried over
+    assert modeling.read_state(modeling.sft_dir(cfg))["step"] == 6
+
+    other = longer.override(stage="sft", learning_rate=5e-3)
+    model, tok = modeling.load_policy(other, "base", CPU)
+    with pytest.warns(UserWarning, match="not resuming from checkpoint-6"):
+        fresh = sft.train_sft(other, model, tok, rows, device=CPU, progress=False)
+    assert fresh.resumed_from_step is None and fresh.train_steps == 6
+
+
+def test_lora_sft_saves_an_adapter_that_reloads(tmp_path, rows):
+    cfg = tiny_cfg(tmp_path, use_lora=True, model__lora_r=4, model__lora_alpha=8, lora_dropout=0.0,
+                   max_steps=3, learning_rate=5e-2)
+    model, tok = modeling.build_or_load_base(cfg, rows, device=CPU)
+    result = sft.train_sft(cfg, model, tok, rows, device=CPU, progress=False)
+    out = modeling.sft_dir(cfg)
+    assert (out / "adapter_config.json").is_file() and modeling.read_state(out)["format"] == "adapter"
+    assert result.n_params["trainable"] < result.n_params["total"]
+    merged, _ = modeling.load_policy(cfg, "sft", CPU)
+    base, _ = modeling.load_policy(cfg, "base", CPU)
+    x = torch.tensor([prompts.encode_prompt(tok, "Ben has 4 cards.")])
+    assert not hasattr(merged, "peft_config")
+    assert not torch.allclose(merged(x).logits, base(x).logits, atol=1e-4)
+
+
+def test_dev_check_grades_with_the_think_convention(trained, rows):
+    cfg, _, _ = trained
+    model, tok = modeling.load_policy(cfg, "sft", CPU)
+    acc, records, res = sft.dev_check(model, tok, rows[:6], style="chat", max_new_tokens=12, batch_size=4,
+                                      progress=False)
+    assert len(records) == 6 and len(res.samples) == 6
+    think = prompts.completion_starts_in_think(tok, "chat")
+    assert think
+    for r, rec in zip(rows[:6], records):
+        assert rec["correct"] == answers.is_correct(rec["completion"], r["gold"], think=True)
+        assert rec["finish"] in ("eos", "length")
+    assert acc == sum(r["correct"] for r in records) / 6
+
+
+def test_select_train_rows_is_seeded(rows):
+    a = sft.select_train_rows(rows, 5, seed=1)
+    assert a == sft.select_train_rows(rows, 5, seed=1) and len(a) == 5
+    assert sft.select_train_rows(rows, 0, seed=1) == rows
