@@ -143,7 +143,7 @@ class PPOConfig:
     iterations: int = 30
     prompts_per_iter: int = 32
     k: int = 4
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4  # smoke: larger rates lowered dev accuracy (docs/benchmarks.md)
     value_learning_rate: float = 1e-3
     kl_coef: float = 0.02
     clip_range: float = 0.2
@@ -163,6 +163,7 @@ class PPOConfig:
     save_every: int = 1
     resume: bool = True
     report_to: str = "none"  # "none" | "tensorboard" | "wandb" | "trackio"
+    gradient_checkpointing: bool = False  # recompute activations in the update (large models)
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def full() -> Config:
                                max_new_tokens=1024, batch_size=256, shard_size=32),
         ppo=PPOConfig(iterations=100, prompts_per_iter=64, k=4, learning_rate=1e-5,
                       value_learning_rate=5e-5, temperature=0.6, max_new_tokens=1024,
-                      minibatch_size=16, eval_every=20, n_dev=200),
+                      minibatch_size=8, eval_every=20, n_dev=200, gradient_checkpointing=True),
         eval=EvalConfig(max_new_tokens=2048, batch_size=64),
     )
 

@@ -256,6 +256,9 @@ class PPOTrainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.iteration)
         agg: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [],
                                        "approx_kl": []}
+        # train mode switches gradient checkpointing on; LoRA dropout is 0 and Llama has none, so the
+        # numbers are those of eval mode
+        self.pv.model.train()
         for _ in range(p.ppo_epochs):
             perm = torch.randperm(n, generator=g)
             for s in range(0, n, p.minibatch_size):
@@ -277,15 +280,17 @@ class PPOTrainer:
                 agg["entropy"].append(masked_mean(ent, m).item())
                 agg["approx_kl"].append(masked_mean(0.5 * (logp - old["logp"][idx]) ** 2, m).item())
                 if p.advantage == "gae":
-                    v = self.pv.values(ids, att)
-                    vl = value_loss(v, old["values"][idx], ret[idx], m, p.value_clip)
-                    self.opt_v.zero_grad(set_to_none=True)
-                    vl.backward()
+                    with self.pv.use(VALUE):  # backward inside: checkpointing re-runs the value forward
+                        v = self.pv.values(ids, att)
+                        vl = value_loss(v, old["values"][idx], ret[idx], m, p.value_clip)
+                        self.opt_v.zero_grad(set_to_none=True)
+                        vl.backward()
                     self.dist.average_grads(self.value_params)
                     torch.nn.utils.clip_grad_norm_(self.value_params, p.max_grad_norm)
                     self.opt_v.step()
                     self.sched_v.step()
                     agg["value_loss"].append(vl.item())
+        self.pv.model.eval()
         out = {k: float(np.mean(v)) if v else 0.0 for k, v in agg.items()}
         out["explained_variance"] = explained_variance(old["values"], ret, b.mask) if p.advantage == "gae" else float("nan")
         return out

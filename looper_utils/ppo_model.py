@@ -74,6 +74,9 @@ class PolicyValue(nn.Module):
         model.add_adapter(VALUE, _lora(cfg))
         model.set_adapter(POLICY)
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
+        if cfg.ppo.gradient_checkpointing:
+            # activations of an 8B model over a minibatch of long sequences do not fit otherwise
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = model.config.hidden_size
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
@@ -108,17 +111,22 @@ class PolicyValue(nn.Module):
     # -- forwards ---------------------------------------------------------------
     @contextlib.contextmanager
     def use(self, adapter: str):
-        """Run the shared base with one role's weights."""
+        """Run the shared base with one role's weights (re-entrant).
+
+        With gradient checkpointing the backward pass re-runs the forward, so a
+        loss must be backpropagated inside the same ``use`` block as its forward.
+        """
         if adapter == REF and self.ref_mode == "disabled":
             with self.model.disable_adapter():
                 yield
             return
+        prev = self.model.active_adapter
         self.model.set_adapter(adapter)
         self._set_trainable()  # set_adapter freezes inactive adapters; we train two
         try:
             yield
         finally:
-            self.model.set_adapter(POLICY)
+            self.model.set_adapter(prev)
             self._set_trainable()
 
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
