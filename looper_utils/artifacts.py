@@ -79,6 +79,23 @@ def read_json(path: Path) -> Any:
                          "the stage that wrote it") from None
 
 
+def check_manifest(out: Path, manifest: dict[str, Any], what: str = "files") -> None:
+    """Record what a folder of shards is made with, or stop if it was made with other settings.
+
+    A rerun that resumes into the same folder must not mix two kinds of
+    records (another k, other weights, another prompt) in one table.
+    """
+    path = Path(out) / "manifest.json"
+    if path.is_file():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{path}: these {what} were made with other settings {diff} (old, new); "
+                             f"use another run_id or delete {out} to start over")
+    else:
+        atomic_write_json(path, manifest)
+
+
 def run_paths(run_dir: Path) -> dict[str, Path]:
     """The standard sub-folders of ``runs/<run_id>/``, created."""
     run_dir = Path(run_dir)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from .answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
-from .artifacts import MissingInputError, atomic_write_bytes, atomic_write_json, read_json, require
+from .artifacts import MissingInputError, atomic_write_bytes, check_manifest, require
 from .config import Config
 from .data import count_steps, data_files, read_jsonl
 from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
@@ -245,18 +245,6 @@ def _full_manifest(manifest: dict[str, Any], problems: list[dict], shard_size: i
     return dict(manifest, n_problems=len(problems), ids_sha=ids, shard_size=shard_size)
 
 
-def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    path = out / "manifest.json"
-    if path.is_file():
-        old = read_json(path)
-        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{path}: these records were made with other settings or weights {diff} (old, new); "
-                             f"use another run_id or delete {out} to evaluate again")
-    else:
-        atomic_write_json(path, manifest)
-
-
 def _n_shards(n: int, shard_size: int) -> int:
     if shard_size < 1:
         raise ValueError(f"eval.shard_size must be >= 1, got {shard_size}")
@@ -284,7 +272,7 @@ def evaluate_set(problems: list[dict], sample_fn: Callable[[list[dict], int], An
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, _full_manifest(manifest, problems, shard_size))
+    check_manifest(out, _full_manifest(manifest, problems, shard_size), "records")
     n = _n_shards(len(problems), shard_size)
     new_tokens, seconds, skipped = 0, 0.0, 0
     for i in range(n):
@@ -339,7 +327,7 @@ def _evaluate_model(cfg: Config, spec: ModelSpec, sets: dict[str, list[dict]], d
     outs = {ts: eval_dir(cfg.run_dir) / f"{spec.name}__{ts}" for ts in sets}
     for ts, rows in sets.items():  # fail on a mismatch before spending minutes loading the model
         if (outs[ts] / "manifest.json").is_file():
-            _check_manifest(outs[ts], _full_manifest(manifest, rows, e.shard_size))
+            check_manifest(outs[ts], _full_manifest(manifest, rows, e.shard_size), "records")
     todo = any(not _shard(outs[ts], i).is_file() for ts, rows in sets.items()
                for i in range(_n_shards(len(rows), e.shard_size)))
     model = tokenizer = None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ import torch
 
 from . import modeling, prompts
 from .answers import is_correct
-from .artifacts import Timer, atomic_write_text, read_json
+from .artifacts import Timer, atomic_write_text
 from .config import Config
 from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,

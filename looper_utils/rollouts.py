@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .answers import extract_answer, normalize_number, numbers_equal
-from .artifacts import MissingInputError, atomic_write_bytes, atomic_write_json, read_json
+from .artifacts import MissingInputError, atomic_write_bytes, check_manifest
 from .data import count_steps
 from .stats import maj_at_k, pass_at_k
 
@@ -52,18 +52,6 @@ def grade_records(problems: list[dict], samples: list[Any], think: bool) -> list
     return recs
 
 
-def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    path = out / "manifest.json"
-    if path.is_file():
-        old = read_json(path)
-        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{path}: these rollouts were made with other settings {diff} (old, new); "
-                             "use another run_id or delete that folder to start over")
-    else:
-        atomic_write_json(path, manifest)
-
-
 def collect(problems: list[dict], sample_fn: Callable[[list[dict], int], Any], out_dir: Path, *,
             shard_size: int, seed: int, think: bool, manifest: dict[str, Any],
             log: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -75,7 +63,7 @@ def collect(problems: list[dict], sample_fn: Callable[[list[dict], int], Any], o
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, dict(manifest, n_problems=len(problems), shard_size=shard_size, seed=seed))
+    check_manifest(out, dict(manifest, n_problems=len(problems), shard_size=shard_size, seed=seed), "rollouts")
     n_shards = (len(problems) + shard_size - 1) // shard_size
     new_tokens, seconds, skipped = 0, 0.0, 0
     for i in range(n_shards):
