@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import json
 import random
 import re
@@ -44,7 +43,8 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from .answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
-from .artifacts import MissingInputError, atomic_write_bytes, check_manifest, require
+from .artifacts import MissingInputError, check_manifest, require
+from .shards import n_shards, shard_path, write_missing
 from .config import Config
 from .data import count_steps, data_files, read_jsonl
 from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
@@ -245,16 +245,6 @@ def _full_manifest(manifest: dict[str, Any], problems: list[dict], shard_size: i
     return dict(manifest, n_problems=len(problems), ids_sha=ids, shard_size=shard_size)
 
 
-def _n_shards(n: int, shard_size: int) -> int:
-    if shard_size < 1:
-        raise ValueError(f"eval.shard_size must be >= 1, got {shard_size}")
-    return (n + shard_size - 1) // shard_size
-
-
-def _shard(out: Path, i: int) -> Path:
-    return out / f"shard_{i:05d}.parquet"
-
-
 def _read_shards(out: Path) -> pd.DataFrame:
     files = sorted(out.glob("shard_*.parquet"))
     if not files:
@@ -273,23 +263,11 @@ def evaluate_set(problems: list[dict], sample_fn: Callable[[list[dict], int], An
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_manifest(out, _full_manifest(manifest, problems, shard_size), "records")
-    n = _n_shards(len(problems), shard_size)
-    new_tokens, seconds, skipped = 0, 0.0, 0
-    for i in range(n):
-        if _shard(out, i).is_file():
-            skipped += 1
-            continue
-        chunk = problems[i * shard_size:(i + 1) * shard_size]
-        res = sample_fn(chunk, seed + i)
-        new_tokens += res.n_new_tokens
-        seconds += res.seconds
-        buf = io.BytesIO()
-        pd.DataFrame(grade_records(chunk, res.samples, think), columns=COLUMNS).to_parquet(buf, index=False)
-        atomic_write_bytes(_shard(out, i), buf.getvalue())
-    if skipped:
-        log(f"{out.name}: resumed, {skipped} of {n} shards were already on disk")
-    return _read_shards(out), {"new_tokens": new_tokens, "seconds": seconds, "shards": n, "shards_skipped": skipped,
-                               "tokens_per_second": new_tokens / seconds if seconds else 0.0}
+    speed = write_missing(problems, sample_fn, lambda rows, samples: grade_records(rows, samples, think), out,
+                          shard_size=shard_size, seed=seed, columns=COLUMNS)
+    if speed["shards_skipped"]:
+        log(f"{out.name}: resumed, {speed['shards_skipped']} of {speed['shards']} shards were already on disk")
+    return _read_shards(out), speed
 
 
 @dataclass
@@ -328,8 +306,8 @@ def _evaluate_model(cfg: Config, spec: ModelSpec, sets: dict[str, list[dict]], d
     for ts, rows in sets.items():  # fail on a mismatch before spending minutes loading the model
         if (outs[ts] / "manifest.json").is_file():
             check_manifest(outs[ts], _full_manifest(manifest, rows, e.shard_size), "records")
-    todo = any(not _shard(outs[ts], i).is_file() for ts, rows in sets.items()
-               for i in range(_n_shards(len(rows), e.shard_size)))
+    todo = any(not shard_path(outs[ts], i).is_file() for ts, rows in sets.items()
+               for i in range(n_shards(len(rows), e.shard_size)))
     model = tokenizer = None
     think = False
     if todo:

@@ -15,15 +15,15 @@ bucket (calculation steps of the gold solution), truncation rate, tokens/s.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from .answers import extract_answer, normalize_number, numbers_equal
-from .artifacts import MissingInputError, atomic_write_bytes, check_manifest
+from .artifacts import MissingInputError, check_manifest
 from .data import count_steps
+from .shards import write_missing
 from .stats import maj_at_k, pass_at_k
 
 COLUMNS = ["prompt_id", "sample_idx", "question", "answer", "gold", "steps", "completion", "n_tokens",
@@ -64,26 +64,11 @@ def collect(problems: list[dict], sample_fn: Callable[[list[dict], int], Any], o
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_manifest(out, dict(manifest, n_problems=len(problems), shard_size=shard_size, seed=seed), "rollouts")
-    n_shards = (len(problems) + shard_size - 1) // shard_size
-    new_tokens, seconds, skipped = 0, 0.0, 0
-    for i in range(n_shards):
-        path = out / f"shard_{i:05d}.parquet"
-        if path.is_file():
-            skipped += 1
-            continue
-        chunk = problems[i * shard_size:(i + 1) * shard_size]
-        res = sample_fn(chunk, seed + i)
-        new_tokens += res.n_new_tokens
-        seconds += res.seconds
-        df = pd.DataFrame(grade_records(chunk, res.samples, think), columns=COLUMNS)
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(path, buf.getvalue())
-    if skipped:
-        log(f"resumed: {skipped} of {n_shards} shards were already on disk")
-    return load_rollouts(out.parent), {"new_tokens": new_tokens, "seconds": seconds,
-                                       "tokens_per_second": new_tokens / seconds if seconds else 0.0,
-                                       "shards_skipped": skipped, "shards": n_shards}
+    speed = write_missing(problems, sample_fn, lambda rows, samples: grade_records(rows, samples, think), out,
+                          shard_size=shard_size, seed=seed, columns=COLUMNS)
+    if speed["shards_skipped"]:
+        log(f"resumed: {speed['shards_skipped']} of {speed['shards']} shards were already on disk")
+    return load_rollouts(out.parent), speed
 
 
 def load_rollouts(run_dir: Path) -> pd.DataFrame:
