@@ -5,15 +5,9 @@ import json
 
 import pytest
 import torch
+from _tiny import tiny_cfg
 
 from looper_utils import config, data, modeling, prompts
-
-
-def tiny_cfg(root, **kw):
-    params = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                  tokenizer_vocab=400, max_position=256)
-    params.update(kw)
-    return config.build("smoke", stage="sft", root=str(root), **params)
 
 
 @pytest.fixture(scope="module")

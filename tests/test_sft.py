@@ -1,20 +1,18 @@
 """SFT on a handful of synthetic problems: masking, loss, checkpoints, resume, LoRA, the dev check."""
 from __future__ import annotations
 
+import _tiny
 import pytest
 import torch
 
-from looper_utils import answers, config, data, modeling, prompts, sft
+from looper_utils import answers, data, modeling, prompts, sft
 
 CPU = torch.device("cpu")
 
 
 def tiny_cfg(root, **kw):
-    params = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                  tokenizer_vocab=400, max_position=256, learning_rate=1e-2, batch_size=8, max_steps=12,
-                  logging_steps=1, save_steps=6, warmup_ratio=0.0)
-    params.update(kw)
-    return config.build("smoke", stage="sft", root=str(root), **params)
+    return _tiny.tiny_cfg(root, **{**dict(learning_rate=1e-2, batch_size=8, max_steps=12, logging_steps=1,
+                                          save_steps=6, warmup_ratio=0.0), **kw})
 
 
 @pytest.fixture(scope="module")
