@@ -9,7 +9,7 @@ Writes, under OUT:
 - `full_local.json`: a profile file = `full` pointed at those paths, with the
   small budgets given on the command line.
 
-    python bench/make_local_full.py --out /tmp/full [--quantization 4bit] [--shape 8b|small]
+    python bench/make_local_full.py --out /tmp/full [--quantization 4bit] [--shape 8b|small] [--set KEY=VALUE ...]
 
 The weights are drawn on the GPU (meta device, then `to_empty` and an
 in-place normal init), so building the 16 GB checkpoint takes seconds.
@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra profile override, repeatable (e.g. sft.max_steps=10); values are JSON or strings")
     a = ap.parse_args()
     out = Path(a.out)
     write_data(out, a.n_train, a.n_test)
@@ -93,9 +95,17 @@ def main() -> None:
         "sft.max_length": 512, "sft.eval_batch_size": 64,
         "rollouts.n_problems": 64, "rollouts.k": 4, "rollouts.max_new_tokens": 256, "rollouts.shard_size": 64,
         "ppo.iterations": 2, "ppo.prompts_per_iter": 64, "ppo.k": 4, "ppo.max_new_tokens": 256,
-        "ppo.eval_every": 0, "ppo.n_dev": 64, "ppo.minibatch_size": 16,
+        "ppo.eval_every": 0, "ppo.n_dev": 64,
         "eval.n_eval": 64, "eval.max_new_tokens": 128, "eval.batch_size": 64,
     }
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. --set sft.max_steps=10")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     prof = out / f"full_local_{a.quantization}.json"
     prof.write_text(json.dumps({"profile": "full", "description": "full profile on local random-init 8B-shaped "
                                 "weights and GSM8K-format JSONL, small budgets", "overrides": overrides}, indent=1))
