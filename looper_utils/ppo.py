@@ -17,7 +17,9 @@ One iteration:
    atomic checkpoint: adapters, value head, optimisers, schedulers, bandit,
    RNG states and the iteration. ``resume`` continues from the last complete
    iteration; every random draw of an iteration is seeded by (seed,
-   iteration), so a resumed run matches a straight one.
+   iteration), so a resumed run matches a straight one. A state written
+   with other settings (model, SFT weights, reward, PPO knobs) is not
+   resumed but set aside (``ppo_resume``).
 
 Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
 Each process samples its share of the batch's prompts; gradients of the
@@ -46,6 +48,7 @@ from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
                          policy_loss, token_rewards, value_loss)
 from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
+from .ppo_resume import can_resume, resume_signature, write_signature
 from .regime_w.arms import build_arms, learning_signal, make_bandit
 from .regime_w.reward import components, reward
 from .regime_w.scoring import score
@@ -168,6 +171,7 @@ class PPOTrainer:
         total = max(1, self.p.iterations)
         self.sched_pi = torch.optim.lr_scheduler.LambdaLR(self.opt_pi, lambda i: max(0.0, 1.0 - i / (total * self.p.ppo_epochs * 1000)))
         self.sched_v = torch.optim.lr_scheduler.LambdaLR(self.opt_v, lambda i: 1.0)
+        self.signature = resume_signature(cfg, train_rows)
         self.iteration = 0
         self.best_dev = -1.0
         self.history: list[dict[str, Any]] = []
@@ -327,6 +331,7 @@ class PPOTrainer:
             torch.save(self.state(), tmp / STATE_NAME)
             save_policy_adapter(self.pv, tmp)
             save_cfg(self.cfg, tmp / modeling.CONFIG_FILE)
+            write_signature(tmp, self.signature)
             atomic_write_text(tmp / modeling.STATE_FILE, json.dumps(
                 {"stage": "ppo", "step": self.iteration, "format": "ppo_adapter", "best_dev": self.best_dev}) + "\n")
         return final
@@ -364,7 +369,8 @@ class PPOTrainer:
 
         total = iterations or self.p.iterations
         last = self.out / "last"
-        if self.p.resume and (last / STATE_NAME).is_file():
+        if (self.p.resume and (last / STATE_NAME).is_file()
+                and can_resume(self.out, self.signature, last, set_aside=self.dist.is_main)):
             self.load(last)
         else:
             self.iteration = 0

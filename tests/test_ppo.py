@@ -109,6 +109,40 @@ def test_killed_mid_iteration_resumes_from_last_complete(setup, tmp_path, monkey
     assert state["step"] == 3
 
 
+def test_state_of_other_settings_is_set_aside_not_resumed(setup, tmp_path):
+    out = tmp_path / "o"
+    first = _trainer(setup, out, k=2)
+    first.train(iterations=2)
+    old_adapter = {k: v.clone() for k, v in first.pv.trainable_state().items()}
+    longer = _trainer(setup, out, k=2)  # same settings, more iterations: a continuation
+    assert [h["iteration"] for h in longer.train(iterations=3)] == [1, 2, 3]  # 1 and 2 from the log
+    other = _trainer(setup, out, k=3)  # another sampling setting: another run
+    with pytest.warns(UserWarning, match=r"other settings \(ppo\.k\); not resuming"):
+        hist = other.train(iterations=2)
+    assert [h["iteration"] for h in hist] == [1, 2]
+    assert json.loads((out / "last" / "resume_signature.json").read_text())["ppo"]["k"] == 3
+    aside = tmp_path / "o.previous"
+    kept = torch.load(aside / "last" / ppo.STATE_NAME, weights_only=False)
+    assert kept["iteration"] == 3 and not torch.equal(kept["trainable"][next(iter(old_adapter))],
+                                                      other.pv.trainable_state()[next(iter(old_adapter))])
+
+
+def test_retrained_sft_model_is_another_run(setup, tmp_path):
+    from looper_utils.ppo_resume import resume_signature
+    cfg, train, _ = setup
+    root = tmp_path / "root"
+    cfg2 = cfg.override(root=str(root))
+    model, tok = modeling.load_checkpoint(modeling.sft_dir(cfg), torch.device("cpu"))
+    modeling.save_checkpoint(modeling.sft_dir(cfg2), model, tok, cfg2, stage="sft", step=0)
+    sig = resume_signature(cfg2, train)
+    assert sig == resume_signature(cfg2, train) and sig["sft"] == resume_signature(cfg, train)["sft"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    modeling.save_checkpoint(modeling.sft_dir(cfg2), model, tok, cfg2, stage="sft", step=1)
+    assert resume_signature(cfg2, train)["sft"] != sig["sft"]
+    assert resume_signature(cfg2, train[:-1])["rows"] != sig["rows"]
+
+
 def test_saved_policy_loads_for_generation(setup, tmp_path):
     from looper_utils import generation, ppo_model
     tr = _trainer(setup, tmp_path / "p")
