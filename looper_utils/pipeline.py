@@ -70,6 +70,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _as_declared(value: Any, annotation: str) -> Any:
+    """A ``-p`` value for a ``str`` parameter stays text: ``-p overrides={"a": 1}`` passes the JSON string.
+
+    >>> _as_declared({"model.lora_r": 64}, "str"), _as_declared(3, "int")
+    ('{"model.lora_r": 64}', 3)
+    """
+    return json.dumps(value) if annotation == "str" and value is not None and not isinstance(value, str) else value
+
+
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     out = {}
     for p in pairs:
@@ -134,7 +143,7 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
     log(f"run {run_id} ({profile}) -> {run_dir}")
     for stage in have:
         nb_params = {"profile": profile, "run_id": run_id, "seed": seed, "root": str(root)}
-        nb_params.update({k: v for k, v in params.items() if k in declared[stage]})
+        nb_params.update({k: _as_declared(v, declared[stage][k]) for k, v in params.items() if k in declared[stage]})
         out_nb = run_dir / f"{stage}.ipynb"
         log(f"[{stage}] running ...")
         t0, started = time.perf_counter(), time.time()

@@ -20,6 +20,16 @@ def test_declared_parameters_reads_the_tagged_cell(tmp_path):
     assert {"profile", "run_id", "seed", "root", "max_steps"} <= set(declared)
 
 
+def test_json_given_to_a_str_parameter_reaches_the_notebook_as_text():
+    from pathlib import Path
+    nb = Path(pipeline.__file__).resolve().parents[1] / "notebooks" / "02_sft.ipynb"
+    declared = pipeline.declared_parameters(nb)
+    value = pipeline.parse_params(['overrides={"data.n_train": 8000}'])["overrides"]
+    text = pipeline._as_declared(value, declared["overrides"])
+    assert declared["overrides"] == "str" and json.loads(text) == {"data.n_train": 8000}
+    assert pipeline._as_declared(4, declared["n_train"]) == 4
+
+
 def test_unknown_parameter_fails_before_running(tmp_path):
     with pytest.raises(SystemExit, match="declared by none"):
         pipeline.run("smoke", stages=["01"], run_id="x", root=tmp_path, params={"no_such_knob": 1},
