@@ -194,8 +194,8 @@ class PPOTrainer:
         with torch.no_grad():
             for s in range(0, len(b.input_ids), mb):
                 ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
-                outs["logp"].append(self.pv.token_logprobs(POLICY, ids, att)[0])
-                outs["ref"].append(self.pv.token_logprobs(REF, ids, att)[0])
+                outs["logp"].append(self.pv.token_logprobs(POLICY, ids, att, temperature=self.p.temperature)[0])
+                outs["ref"].append(self.pv.token_logprobs(REF, ids, att, temperature=self.p.temperature)[0])
                 outs["values"].append(self.pv.values(ids, att))
         return {k: torch.cat(v) for k, v in outs.items()}
 
@@ -267,7 +267,8 @@ class PPOTrainer:
             for s in range(0, n, p.minibatch_size):
                 idx = perm[s:s + p.minibatch_size].to(self.device)
                 ids, att, m = b.input_ids[idx], b.attention_mask[idx], b.mask[idx]
-                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True)
+                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True,
+                                                 temperature=self.p.temperature)
                 pl, clipfrac = policy_loss(logp, old["logp"][idx], adv[idx], m, p.clip_range)
                 loss = pl - p.ent_coef * masked_mean(ent, m)
                 if p.advantage == "group" and p.kl_coef > 0:

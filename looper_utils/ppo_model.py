@@ -130,13 +130,19 @@ class PolicyValue(nn.Module):
             self._set_trainable()
 
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """log p(token_t | prefix) for t >= 1, shape [B, L-1]; optionally the entropy at each position."""
+                       with_entropy: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log p(token_t | prefix) for t >= 1, shape [B, L-1]; optionally the entropy at each position.
+
+        ``temperature`` scales the logits as sampling did, so the probabilities are those of the policy
+        that produced the tokens (PPO's ratio and the KL are taken on that distribution).
+        """
         from .ppo_losses import entropy_from_logits
 
         with self.use(adapter):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         logits = logits[:, :-1].float()
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
         logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
         ent = entropy_from_logits(logits) if with_entropy else None
         return logp, ent

@@ -57,6 +57,20 @@ def test_reference_fixed_policy_moves_value_head_learns(setup, tmp_path):
             assert not p.requires_grad
 
 
+def test_log_probs_are_those_of_the_sampling_temperature(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "t", temperature=0.5)
+    b = _batch(tr)
+    old = tr._forward_all(b)
+    with torch.no_grad(), tr.pv.use(POLICY):
+        logits = tr.pv.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
+    at_half = torch.log_softmax(logits / 0.5, -1).gather(-1, b.input_ids[:, 1:, None]).squeeze(-1)
+    at_one = torch.log_softmax(logits, -1).gather(-1, b.input_ids[:, 1:, None]).squeeze(-1)
+    m = b.mask.bool()
+    assert torch.allclose(old["logp"][m], at_half[m], atol=1e-5)
+    assert torch.allclose(old["ref"][m], at_half[m], atol=1e-5)  # the policy starts at the reference
+    assert not torch.allclose(old["logp"][m], at_one[m], atol=1e-3)
+
+
 def test_gradients_reach_value_head_not_base(setup, tmp_path):
     tr = _trainer(setup, tmp_path / "g")
     b = _batch(tr)
