@@ -283,6 +283,12 @@ def full() -> Config:
 _PROFILE_BUILDERS = {"smoke": smoke, "demo": demo, "full": full}
 
 
+def model_identity(cfg: Config) -> dict[str, Any]:
+    """The model settings that change what a run computes (not its threads or attention kernel):
+    what a saved training state must share with the run that resumes it."""
+    return {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cpu_threads", "attn_implementation")}
+
+
 def build(profile: str = "smoke", stage: str | None = None, **params: Any) -> Config:
     """The profile's config with the notebook's parameters applied.
 

@@ -280,6 +280,15 @@ def synthetic_problems(n: int, seed: int, min_steps: int = 1, max_steps: int = 2
     return rows
 
 
+def rows_digest(rows: Iterable[dict], fields: tuple[str, ...] = ("id", "question", "answer")) -> str:
+    """A SHA-256 of the rows' ``fields``, in order: what a resumable stage trained on.
+
+    >>> rows_digest([{"id": "a", "question": "q"}], ("id", "question")) == rows_digest([{"id": "a", "question": "q"}], ("id", "question"))
+    True
+    """
+    return hashlib.sha256("".join("".join(f"{r[f]}\x00" for f in fields) for r in rows).encode()).hexdigest()
+
+
 def build_synthetic_splits(n_train: int, n_dev: int, n_test: int, n_platinum: int, seed: int,
                            min_steps: int, max_steps: int, max_value: int, dev_fraction: float,
                            split_seed: int) -> dict[str, list[dict]]:

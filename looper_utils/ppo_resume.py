@@ -22,7 +22,8 @@ from typing import Any
 
 from . import modeling
 from .artifacts import atomic_write_text
-from .config import Config
+from .config import Config, model_identity
+from .data import rows_digest
 
 SIGNATURE_NAME = "resume_signature.json"
 
@@ -45,11 +46,10 @@ def _sft_digest(cfg: Config) -> str:
 
 def resume_signature(cfg: Config, train_rows: list[dict]) -> dict[str, Any]:
     """What must match for a saved PPO state to be continued."""
-    rows = hashlib.sha256("".join(f"{r['id']}\x00{r['question']}\x00" for r in train_rows).encode()).hexdigest()
-    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cpu_threads", "attn_implementation")}
     ppo = {k: v for k, v in dataclasses.asdict(cfg.ppo).items() if k not in RESUME_FREE}
-    return {"seed": cfg.seed, "model": model, "ppo": ppo, "reward": dataclasses.asdict(cfg.reward),
-            "bandit": dataclasses.asdict(cfg.bandit), "rows": rows, "sft": _sft_digest(cfg)}
+    return {"seed": cfg.seed, "model": model_identity(cfg), "ppo": ppo, "reward": dataclasses.asdict(cfg.reward),
+            "bandit": dataclasses.asdict(cfg.bandit), "rows": rows_digest(train_rows, ("id", "question")),
+            "sft": _sft_digest(cfg)}
 
 
 def write_signature(folder: Path, signature: dict[str, Any]) -> None:

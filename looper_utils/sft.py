@@ -19,8 +19,6 @@ PPO scores.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import random
 import shutil
 import warnings
@@ -33,6 +31,7 @@ import torch
 from . import config as config_mod
 from .answers import extract_answer, is_correct
 from .artifacts import atomic_write_json, read_json
+from .data import rows_digest
 from .generation import GenerationResult, generate
 from .modeling import apply_lora, count_params, quiet_progress, resolve_device, save_checkpoint, sft_dir
 from .prompts import build_prompt, completion_starts_in_think, encode_completion, encode_prompt, sft_example
@@ -113,10 +112,8 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
 
 def _signature(cfg: config_mod.Config, rows: list[dict]) -> dict[str, Any]:
     """What must match for an old Trainer checkpoint to be resumed: settings and training rows."""
-    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cpu_threads", "attn_implementation")}
-    digest = hashlib.sha256("".join(f"{r['id']}\x00{r['question']}\x00{r['answer']}\x00" for r in rows).encode())
-    return {"seed": cfg.seed, "model": model, "sft": {k: getattr(cfg.sft, k) for k in _TRAIN_KEYS},
-            "rows": digest.hexdigest()}
+    return {"seed": cfg.seed, "model": config_mod.model_identity(cfg),
+            "sft": {k: getattr(cfg.sft, k) for k in _TRAIN_KEYS}, "rows": rows_digest(rows)}
 
 
 def _last_checkpoint(work: Path, signature: dict[str, Any], resume: bool) -> str | None:
