@@ -254,6 +254,13 @@ class PPOTrainer:
         }
         return self.dist.average(metrics)
 
+    def _step(self, opt, sched, params: list[torch.nn.Parameter]) -> None:
+        """Average gradients across processes, clip them, step the optimiser and its schedule."""
+        self.dist.average_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, self.p.max_grad_norm)
+        opt.step()
+        sched.step()
+
     def _update(self, b: Batch, old: dict[str, torch.Tensor], adv: torch.Tensor, ret: torch.Tensor) -> dict[str, float]:
         p, n = self.p, len(b.input_ids)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.iteration)
@@ -275,10 +282,7 @@ class PPOTrainer:
                     loss = loss + p.kl_coef * masked_mean(kl_k3(logp, old["ref"][idx]), m)
                 self.opt_pi.zero_grad(set_to_none=True)
                 loss.backward()
-                self.dist.average_grads(self.policy_params)
-                torch.nn.utils.clip_grad_norm_(self.policy_params, p.max_grad_norm)
-                self.opt_pi.step()
-                self.sched_pi.step()
+                self._step(self.opt_pi, self.sched_pi, self.policy_params)
                 agg["policy_loss"].append(pl.item())
                 agg["clipfrac"].append(clipfrac.item())
                 agg["entropy"].append(masked_mean(ent, m).item())
@@ -289,10 +293,7 @@ class PPOTrainer:
                         vl = value_loss(v, old["values"][idx], ret[idx], m, p.value_clip)
                         self.opt_v.zero_grad(set_to_none=True)
                         vl.backward()
-                    self.dist.average_grads(self.value_params)
-                    torch.nn.utils.clip_grad_norm_(self.value_params, p.max_grad_norm)
-                    self.opt_v.step()
-                    self.sched_v.step()
+                    self._step(self.opt_v, self.sched_v, self.value_params)
                     agg["value_loss"].append(vl.item())
         self.pv.model.eval()
         out = {k: float(np.mean(v)) if v else 0.0 for k, v in agg.items()}
