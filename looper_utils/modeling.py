@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from . import config as config_mod
-from .artifacts import atomic_write_json, read_json
+from .artifacts import atomic_write_json, make_shareable, read_json
 from .prompts import THINK_CLOSE, THINK_OPEN, prompt_wording
 
 __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE", "ModelLoadError",
@@ -221,6 +221,7 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints are shared like any new folder
     try:
         yield tmp
+        make_shareable(tmp)  # safetensors and torch write some files 0600; a checkpoint is shared as a whole
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

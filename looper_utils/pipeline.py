@@ -9,6 +9,11 @@ notebook declares is an error, not a silent no-op). The run stops at the
 first failing notebook, naming it and the cell, and prints each stage's
 metrics and wall time; ``runs/<run_id>/pipeline.json`` keeps the timings for
 the report.
+
+The run holds ``<root>/.looper.lock`` throughout, so two runs never train into
+the same checkpoints. Exit status: 0 done, 1 a notebook failed or another run
+holds the folder, 2 the command line asks for something that cannot run (the
+one-line message says what to pass instead).
 """
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ import argparse
 import ast
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifacts import STAGES, atomic_write_json, read_json
+from .artifacts import STAGES, ProjectBusyError, atomic_write_json, check_run_id, project_lock, read_json
 from .config import PROFILES, find_project_root
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -31,6 +37,13 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 class StageFailed(RuntimeError):
     """A notebook failed; the message names it, the cell and the executed copy."""
+
+
+class UsageError(SystemExit):
+    """The arguments ask for something that cannot run; the message says what to pass instead."""
+
+
+MAX_SEED = 2**32 - 1  # what every generator the stages seed accepts (numpy takes no negative seed)
 
 
 def notebooks_dir(root: Path) -> Path:
@@ -83,7 +96,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     out = {}
     for p in pairs:
         if "=" not in p:
-            raise SystemExit(f"-p {p!r}: write key=value")
+            raise UsageError(f"-p {p!r}: write key=value")
         k, v = p.split("=", 1)
         out[k.strip()] = parse_value(v.strip())
     return out
@@ -98,39 +111,87 @@ def _summary(metrics: dict[str, Any], limit: int = 8) -> str:
 def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | None = None, seed: int = 0,
         root: Path | None = None, params: dict[str, Any] | None = None, nb_dir: Path | None = None,
         log=print) -> dict[str, Any]:
-    """Execute the selected notebooks; return the pipeline record (also saved as pipeline.json)."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    """Execute the selected notebooks; return the pipeline record (also saved as pipeline.json).
 
-    if profile not in PROFILES and not str(profile).endswith(".json"):
-        raise SystemExit(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)} or a .json file")
-    if str(profile).endswith(".json"):
-        from .config import profile_file
-
-        profile = str(Path(profile).resolve())
-        profile_file(profile)  # fail before any notebook runs
+    Arguments that cannot run raise ``UsageError`` before any notebook starts;
+    another run in ``root`` raises ``artifacts.ProjectBusyError``.
+    """
+    profile = _check_profile(profile)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed {seed!r}: a seed is a whole number from 0 to {MAX_SEED}; pass e.g. --seed 1")
     root = Path(root).resolve() if root else find_project_root()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--root {root} is a file, not a folder; pass the project folder that holds (or will "
+                         "hold) data/, checkpoints/ and runs/")
     nb_dir = Path(nb_dir) if nb_dir else notebooks_dir(find_project_root(Path(__file__).parent))
     have = available_stages(nb_dir)
     if not have:
-        raise SystemExit(f"{nb_dir}: no numbered notebooks found")
+        raise UsageError(f"{nb_dir}: no numbered notebooks found")
     if stages:
         wanted = []
         for s in stages:
             match = [h for h in have if h == s or h.startswith(s.zfill(2) + "_") or h.split("_", 1)[1] == s]
             if not match:
-                raise SystemExit(f"unknown stage {s!r}; available: {', '.join(have)}")
+                raise UsageError(f"unknown stage {s!r}; available: {', '.join(have)}")
             wanted += match
         have = [h for h in have if h in wanted]
     params = dict(params or {})
     declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in have}
     unused = [k for k in params if not any(k in d for d in declared.values())]
     if unused:
-        raise SystemExit(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
+        raise UsageError(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
                          "see `papermill --help-notebook notebooks/NN_stage.ipynb`")
-    run_id = run_id or f"{Path(profile).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_id = run_id if run_id is not None else default_run_id(profile)
+    try:
+        check_run_id(run_id)
+    except ValueError as exc:
+        raise UsageError(f"--run-id: {exc}") from None
     run_dir = root / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--root {root}: cannot create it ({exc.strerror}); pass a folder you can write to") from None
+    with project_lock(root, run_id):
+        return _run_stages(profile, have, run_id, seed, root, run_dir, params, declared, nb_dir, log)
+
+
+def default_run_id(profile: str) -> str:
+    """``<profile>-<timestamp>``, the profile file's name made a plain folder name.
+
+    >>> default_run_id("my full.json")[:8]
+    'my-full-'
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(profile).stem).strip("-._")[:40] or "run"
+    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_profile(profile: str) -> str:
+    """The profile name, or a profile file's absolute path once it reads as a valid profile."""
+    from .config import profile_file
+
+    if profile in PROFILES:
+        return profile
+    if not str(profile).endswith(".json"):
+        raise UsageError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)} or a .json file")
+    path = Path(profile).resolve()
+    try:
+        profile_file(path)  # fail before any notebook runs
+    except (ValueError, OSError, TypeError) as exc:
+        raise UsageError(f"--profile {profile}: {exc}; fix the file (a JSON object with 'profile' and "
+                         "'overrides', as in the README) or pass one of "
+                         f"{', '.join(PROFILES)}") from None
+    return str(path)
+
+
+def _run_stages(profile: str, have: list[str], run_id: str, seed: int, root: Path, run_dir: Path,
+                params: dict[str, Any], declared: dict[str, dict[str, str]], nb_dir: Path, log) -> dict[str, Any]:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{run_dir}: cannot create it ({exc.strerror}); pass a --root you can write to") from None
     from .config import build
 
     if build(profile).profile in ("smoke", "demo"):
@@ -175,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m looper_utils.pipeline", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="smoke", help=f"{', '.join(PROFILES)}, or a .json profile file")
     ap.add_argument("--stages", default="", help="comma-separated, e.g. 01,02 or data,sft (default: all)")
-    ap.add_argument("--run-id", default=None, help="folder under runs/ (default: <profile>-<timestamp>)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-id", default=None, help="folder under runs/: letters, digits, '.', '_', '-' "
+                    "(default: <profile>-<timestamp>)")
+    ap.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED}")
     ap.add_argument("--root", default=None, help="project folder for data/, checkpoints/, runs/")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="notebook parameter, repeatable")
@@ -184,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s.strip() for s in a.stages.split(",") if s.strip()] or None
     try:
         run(a.profile, stages, a.run_id, a.seed, Path(a.root) if a.root else None, parse_params(a.param))
-    except StageFailed as exc:
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (StageFailed, ProjectBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,12 @@ an option, and resume from the last Trainer checkpoint
 settings. The finished model (full weights or adapter), its tokenizer,
 ``looper_config.json`` and ``looper_state.json`` go to ``checkpoints/sft/``.
 
+The Trainer writes a checkpoint file by file, so a run killed (or out of
+disk) while saving leaves a partial ``checkpoint-N``. Only complete ones are
+resumed: a partial one is renamed ``broken-checkpoint-N`` with a warning and
+the previous complete one (or the start) is used. A checkpoint already at the
+last step is loaded, not trained on: the Trainer would take one more step.
+
 One departure from handing TRL the text pairs: the examples are tokenized
 here with ``prompts.encode_prompt`` + ``prompts.encode_completion`` and passed
 as ``input_ids`` + ``completion_mask``. TRL would tokenize ``prompt`` and
@@ -19,9 +25,14 @@ PPO scores.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 import random
+import re
 import shutil
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +41,7 @@ import torch
 
 from . import config as config_mod
 from .answers import extract_answer, is_correct
-from .artifacts import atomic_write_json, read_json
+from .artifacts import atomic_write_json, explain_disk_full, make_shareable, read_json
 from .data import rows_digest
 from .generation import GenerationResult, generate
 from .modeling import apply_lora, count_params, quiet_progress, resolve_device, save_checkpoint, sft_dir
@@ -116,29 +127,151 @@ def _signature(cfg: config_mod.Config, rows: list[dict]) -> dict[str, Any]:
             "sft": {k: getattr(cfg.sft, k) for k in _TRAIN_KEYS}, "rows": rows_digest(rows)}
 
 
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.rsplit("-", 1)[1])
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a Trainer ``checkpoint-N`` folder cannot be resumed, or None if it is complete.
+
+    The Trainer writes the weights, then the optimizer, scheduler and RNG
+    state, and ``trainer_state.json`` last; each file must also be whole (a
+    readable safetensors header, a torch zip with its directory at the end).
+    """
+    from safetensors import safe_open
+
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "trainer_state.json is cut short or unreadable"
+    weights = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+               "pytorch_model.bin", "adapter_model.bin")
+    if not any((ckpt / w).is_file() for w in weights):
+        return "it holds no model weights (model.safetensors or adapter_model.safetensors)"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not (ckpt / name).is_file():
+            return f"{name} is missing"
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is unreadable"
+        missing = sorted(x for x in shards if not (ckpt / x).is_file())
+        if missing:
+            return f"weight shard {missing[0]} is missing"
+    for f in sorted(ckpt.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # SafetensorError: truncated, empty or garbled
+            return f"{f.name} is unreadable ({exc})"
+    for f in sorted([*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]):
+        if not zipfile.is_zipfile(f):  # torch.save writes a zip whose directory comes last
+            return f"{f.name} is cut short"
+    return None
+
+
 def _last_checkpoint(work: Path, signature: dict[str, Any], resume: bool) -> str | None:
-    """The Trainer checkpoint to resume from, if it belongs to a run with the same settings."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The latest complete Trainer checkpoint to resume from, if it belongs to a run with the same settings.
+
+    Partial checkpoints are renamed ``broken-checkpoint-N`` (a name the
+    Trainer neither resumes nor rotates) with a warning.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not work.is_dir():
         return None
-    last = get_last_checkpoint(str(work))
-    sig_file = work / "looper_signature.json"
-    if last is None:
+    found = sorted((p for p in work.iterdir() if p.is_dir() and re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", p.name)),
+                   key=_step, reverse=True)
+    if not found:
         return None
+    sig_file = work / "looper_signature.json"
     if not resume or not sig_file.is_file() or read_json(sig_file) != signature:
         why = "sft.resume is off" if not resume else "it was written with other settings or data"
-        warnings.warn(f"{work}: not resuming from {Path(last).name} because {why}; training from the start",
+        warnings.warn(f"{work}: not resuming from {found[0].name} because {why}; training from the start",
                       stacklevel=3)
         shutil.rmtree(work)
         return None
-    return last
+    broken = []
+    for ckpt in found:
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            break
+        aside = ckpt.with_name(f"broken-{ckpt.name}")
+        shutil.rmtree(aside, ignore_errors=True)  # an older broken copy of the same step
+        os.replace(ckpt, aside)
+        broken.append((ckpt, aside, why))
+    else:
+        ckpt = None
+    then = f"resuming from {ckpt.name}" if ckpt else "training from the start"
+    for old, aside, why in broken:
+        warnings.warn(f"{old} is incomplete ({why}): a run was killed or ran out of disk while saving it; "
+                      f"moved it to {aside.name} (delete it to free the space) and {then}", stacklevel=3)
+    return str(ckpt) if ckpt else None
+
+
+def _planned_steps(trainer) -> int:
+    """The optimizer steps ``trainer.train()`` will run to, as the Trainer counts them."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    per_epoch = max(math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps), 1)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def _share_checkpoints():
+    """A Trainer callback giving each saved ``checkpoint-N`` the umask's permissions (safetensors writes 0600)."""
+    from transformers import TrainerCallback
+
+    class ShareCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                make_shareable(folder)
+
+    return ShareCheckpoints()
+
+
+def _resume_plan(trainer, resume: str | None) -> tuple[str | None, bool]:
+    """(checkpoint to resume, whether it already holds every planned step).
+
+    A finished checkpoint is loaded into the trainer instead of resumed:
+    resuming at the last step makes the Trainer take one step more. One past
+    the planned steps (``max_steps`` or ``epochs`` lowered since) is a
+    different run and is set aside like one with other settings.
+    """
+    from transformers import TrainerState
+
+    if resume is None:
+        return None, False
+    state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    planned = _planned_steps(trainer)
+    if state.global_step < planned:
+        return resume, False
+    if state.global_step > planned:
+        warnings.warn(f"{Path(resume).parent}: not resuming from {Path(resume).name} because it is past the "
+                      f"{planned} steps now asked for (sft.max_steps / sft.epochs); training from the start",
+                      stacklevel=3)
+        for old in Path(resume).parent.glob("checkpoint-*"):
+            shutil.rmtree(old)
+        return None, False
+    trainer._load_from_checkpoint(resume)
+    trainer.state = state
+    return resume, True
 
 
 def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], *,
               device: torch.device | None = None, output_dir: Path | None = None,
               progress: bool = True) -> SFTResult:
-    """Fine-tune ``model`` on ``train_rows`` and save it to ``checkpoints/sft`` (or ``output_dir``)."""
+    """Fine-tune ``model`` on ``train_rows`` and save it to ``checkpoints/sft`` (or ``output_dir``).
+
+    A disk that fills up while saving raises ``artifacts.DiskFullError``
+    ("no space left on <path> ...").
+    """
     from trl import SFTTrainer
 
     device = device or resolve_device(cfg.device)
@@ -156,24 +289,29 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
     model.train()
     signature = _signature(cfg, rows)
     resume = _last_checkpoint(work, signature, cfg.sft.resume)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work / "looper_signature.json", signature)
     args = make_sft_config(cfg, work, device, progress)
-    with quiet_progress():
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        result = trainer.train(resume_from_checkpoint=resume)
+    with explain_disk_full(work, "training SFT and saving its Trainer checkpoints"):
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "looper_signature.json", signature)
+        with quiet_progress():
+            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                 callbacks=[_share_checkpoints()])
+            resume, finished = _resume_plan(trainer, resume)
+            seconds = 0.0 if finished else \
+                float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
     model = trainer.model
     model.eval()
     history = [{"step": int(h["step"]), "loss": float(h["loss"])}
                for h in trainer.state.log_history if "loss" in h]
     step = int(trainer.state.global_step)
     n_params = count_params(model)
-    save_checkpoint(out, model, tokenizer, cfg, stage="sft", step=step,
-                    extra={"train_loss": history[-1]["loss"] if history else None, "n_examples": len(rows)})
-    return SFTResult(output_dir=out, loss_history=history, train_seconds=float(result.metrics["train_runtime"]),
+    with explain_disk_full(out.parent, f"saving the SFT model to {out}"):
+        save_checkpoint(out, model, tokenizer, cfg, stage="sft", step=step,
+                        extra={"train_loss": history[-1]["loss"] if history else None, "n_examples": len(rows)})
+    return SFTResult(output_dir=out, loss_history=history, train_seconds=seconds,
                      train_steps=step, final_loss=history[-1]["loss"] if history else None,
                      n_examples=len(rows), n_truncated=too_long,
-                     resumed_from_step=int(Path(resume).name.split("-")[-1]) if resume else None,
+                     resumed_from_step=_step(Path(resume)) if resume else None,
                      n_params=n_params)
 
 

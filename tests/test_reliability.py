@@ -1,0 +1,256 @@
+"""Failures a long run meets: a checkpoint cut short, a full disk, a rerun, permissions, odd arguments,
+two runs in one folder. Each test fails on the code before the fix it guards."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import _tiny
+import pytest
+import torch
+
+from looper_utils import artifacts, data, modeling, pipeline, sft
+
+CPU = torch.device("cpu")
+
+
+def tiny_cfg(root, **kw):
+    return _tiny.tiny_cfg(root, **{**dict(learning_rate=1e-2, batch_size=8, max_steps=2, logging_steps=1,
+                                          save_steps=2, warmup_ratio=0.0), **kw})
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return data.synthetic_problems(24, seed=2)
+
+
+def train(cfg, rows):
+    model, tok = modeling.build_or_load_base(cfg, rows, device=CPU)
+    return sft.train_sft(cfg, model, tok, rows, device=CPU, progress=False)
+
+
+def weights(cfg):
+    model, _ = modeling.load_policy(cfg, "sft", CPU)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# ---- a checkpoint cut short ------------------------------------------------------
+
+def test_partial_checkpoint_is_set_aside_and_the_previous_one_resumed(tmp_path, rows):
+    cfg = tiny_cfg(tmp_path)
+    train(cfg, rows)
+    work = sft.trainer_dir(cfg)
+    # a run killed while saving step 4: the weights are there, trainer_state.json (written last) is not
+    shutil.copytree(work / "checkpoint-2", work / "checkpoint-4")
+    (work / "checkpoint-4" / "trainer_state.json").unlink()
+    longer = cfg.override(stage="sft", max_steps=4)
+    with pytest.warns(UserWarning, match=r"checkpoint-4 is incomplete \(trainer_state.json is missing\).*"
+                                         r"moved it to broken-checkpoint-4.*resuming from checkpoint-2"):
+        result = train(longer, rows)
+    assert result.resumed_from_step == 2 and result.train_steps == 4
+    assert (work / "broken-checkpoint-4").is_dir() and (work / "checkpoint-4" / "trainer_state.json").is_file()
+    assert modeling.read_state(modeling.sft_dir(cfg))["step"] == 4
+
+
+def test_truncated_weights_with_no_earlier_checkpoint_train_from_the_start(tmp_path, rows):
+    cfg = tiny_cfg(tmp_path)
+    train(cfg, rows)
+    work = sft.trainer_dir(cfg)
+    f = work / "checkpoint-2" / "model.safetensors"
+    os.truncate(f, f.stat().st_size // 2)  # a full disk, or a power cut before the data reached it
+    with pytest.warns(UserWarning, match=r"model.safetensors is unreadable.*training from the start"):
+        result = train(cfg, rows)
+    assert result.resumed_from_step is None and result.train_steps == 2
+    assert (work / "broken-checkpoint-2").is_dir() and sft.checkpoint_problem(work / "checkpoint-2") is None
+
+
+def test_checkpoint_problem_names_the_missing_or_broken_file(tmp_path):
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "checkpoint-3"
+    ck.mkdir()
+    assert sft.checkpoint_problem(ck) == "trainer_state.json is missing"
+    (ck / "trainer_state.json").write_text('{"global_st')
+    assert "cut short" in sft.checkpoint_problem(ck)
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    assert "no model weights" in sft.checkpoint_problem(ck)
+    save_file({"w": torch.zeros(4)}, str(ck / "model.safetensors"))
+    assert sft.checkpoint_problem(ck) == "optimizer.pt is missing"
+    torch.save({"a": 1}, ck / "optimizer.pt")
+    torch.save({"b": 2}, ck / "scheduler.pt")
+    assert sft.checkpoint_problem(ck) is None
+    (ck / "optimizer.pt").write_bytes((ck / "optimizer.pt").read_bytes()[:100])
+    assert sft.checkpoint_problem(ck) == "optimizer.pt is cut short"
+
+
+# ---- a full disk ------------------------------------------------------------------
+
+def test_disk_full_while_saving_says_so_and_names_the_folder(tmp_path, rows, monkeypatch):
+    from transformers import Trainer
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(artifacts.DiskFullError, match="no space left on .*sft-trainer") as exc:
+        train(cfg, rows)
+    assert exc.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("raised", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                 "\"No space left on device\" })"),
+])
+def test_explain_disk_full_knows_the_libraries_forms(tmp_path, raised):
+    with pytest.raises(artifacts.DiskFullError, match=f"no space left on {tmp_path} while saving x"):
+        with artifacts.explain_disk_full(tmp_path, "saving x"):
+            raise raised
+    with pytest.raises(KeyError):  # anything else passes through untouched
+        with artifacts.explain_disk_full(tmp_path, "saving x"):
+            raise KeyError("k")
+
+
+# ---- rerunning a finished SFT ----------------------------------------------------
+
+LORA = dict(use_lora=True, model__lora_r=4, model__lora_alpha=8, lora_dropout=0.0)
+
+
+@pytest.mark.parametrize("budget", [dict(max_steps=4), dict(max_steps=-1, epochs=1.5), dict(max_steps=4, **LORA)],
+                         ids=["steps", "epochs", "lora"])
+def test_rerunning_a_finished_sft_keeps_its_step_count_and_weights(tmp_path, rows, budget):
+    cfg = tiny_cfg(tmp_path, **budget)  # 24 rows / batch 8: 4 steps, or 1.5 epochs = 5 steps
+    first = train(cfg, rows)
+    before = weights(cfg)
+    again = train(cfg, rows)
+    assert again.train_steps == first.train_steps and again.resumed_from_step == first.train_steps
+    assert again.loss_history == first.loss_history and again.final_loss == first.final_loss
+    assert modeling.read_state(modeling.sft_dir(cfg))["step"] == first.train_steps
+    after = weights(cfg)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in sft.trainer_dir(cfg).glob("checkpoint-*")) == [f"checkpoint-{first.train_steps}"]
+
+
+def test_a_checkpoint_past_a_lowered_budget_is_not_resumed(tmp_path, rows):
+    cfg = tiny_cfg(tmp_path, max_steps=4)
+    train(cfg, rows)
+    with pytest.warns(UserWarning, match="not resuming from checkpoint-4 because it is past the 2 steps"):
+        shorter = train(cfg.override(stage="sft", max_steps=2), rows)
+    assert shorter.train_steps == 2 and shorter.resumed_from_step is None
+
+
+# ---- permissions --------------------------------------------------------------------
+
+def test_saved_checkpoints_follow_the_umask(tmp_path, rows):
+    old = os.umask(0o007)  # group members read and write, others nothing
+    try:
+        cfg = tiny_cfg(tmp_path)
+        train(cfg, rows)
+    finally:
+        os.umask(old)
+    folders = [modeling.base_dir(cfg), modeling.sft_dir(cfg), sft.trainer_dir(cfg) / "checkpoint-2"]
+    for folder in folders:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o770, folder
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+        assert "model.safetensors" in modes
+        assert set(modes.values()) == {0o660}, (folder, modes)
+
+
+# ---- run ids, seeds, profiles, roots ----------------------------------------------------
+
+BAD_RUN_IDS = ["../../x", "/tmp/abs", ".", "..", "", "a/b", "-x", ".hidden", "a b", "x" * 65]
+
+
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS)
+def test_unsafe_run_ids_are_refused(tmp_path, run_id, capsys):
+    with pytest.raises(ValueError, match="not a plain folder name"):
+        artifacts.check_run_id(run_id)
+    with pytest.raises(ValueError, match="run_id"):
+        artifacts.run_paths(tmp_path / "root" / "runs" / run_id)
+    assert pipeline.main([f"--run-id={run_id}", "--root", str(tmp_path / "root"), "--stages", "01"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --run-id:") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "root" / "runs").exists()
+
+
+def test_safe_run_ids_pass(tmp_path):
+    for run_id in ("smoke-20250101-120000", "r1.8b_v2", "A"):
+        assert artifacts.check_run_id(run_id) == run_id
+    assert artifacts.run_paths(tmp_path / "runs" / "r1")["metrics"].is_dir()
+
+
+def test_negative_seed_is_refused_up_front(tmp_path, capsys):
+    assert pipeline.main(["--seed", "-1", "--root", str(tmp_path), "--stages", "01"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed -1" in err and "pass e.g. --seed 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"profile": "full", "overrides": {', "not valid JSON"),
+    ('{"profile": "huge"}', "needs a 'profile' key"),
+    ('{"profile": "smoke", "overrides": {"sft.no_such_field": 1}}', "no_such_field"),
+])
+def test_bad_profile_file_gives_one_line_and_status_2(tmp_path, capsys, content, says):
+    bad = tmp_path / "mine.json"
+    bad.write_text(content)
+    assert pipeline.main(["--profile", str(bad), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --profile {bad}") and says in err and "fix the file" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert pipeline.main(["--profile", str(tmp_path / "absent.json"), "--root", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_root_that_is_a_file_gives_one_line_and_status_2(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert pipeline.main(["--root", str(f), "--stages", "01"]) == 2
+    err = capsys.readouterr().err
+    assert f"--root {f} is a file, not a folder; pass the project folder" in err and err.count("\n") == 1
+    assert pipeline.main(["--root", str(f / "sub"), "--stages", "01"]) == 2
+    assert "cannot create it" in capsys.readouterr().err
+
+
+# ---- one run at a time -------------------------------------------------------------------
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path, capsys):
+    with artifacts.project_lock(tmp_path, "first") as lock:
+        assert json.loads(lock.read_text())["run_id"] == "first"
+        with pytest.raises(artifacts.ProjectBusyError,
+                           match=rf"run first \(pid {os.getpid()}\) is using {tmp_path} since .*; wait for it "
+                                 rf"or remove {lock} if it is dead"):
+            with artifacts.project_lock(tmp_path, "second"):
+                pass
+        with pytest.raises(artifacts.ProjectBusyError, match="run first"):
+            pipeline.run("smoke", stages=["01"], run_id="second", root=tmp_path, log=lambda *_: None)
+        assert pipeline.main(["--run-id", "third", "--root", str(tmp_path), "--stages", "01"]) == 1
+        assert "run first" in capsys.readouterr().err
+        assert not (tmp_path / "runs").exists()
+    assert not lock.exists()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that is no longer running
+    import socket
+
+    lock = tmp_path / artifacts.LOCK_FILE
+    lock.write_text(json.dumps({"pid": proc.pid, "host": socket.gethostname(), "run_id": "crashed",
+                                "started": "2025-01-01T00:00:00+00:00"}))
+    with pytest.warns(UserWarning, match=r"run crashed \(pid \d+\) started .* is no longer running; taking over"):
+        with artifacts.project_lock(tmp_path, "next"):
+            held = json.loads(lock.read_text())
+            assert held["pid"] == os.getpid() and held["run_id"] == "next"
+    assert not lock.exists()
+    # a lock from another host cannot be checked from here: it is left for a person to judge
+    lock.write_text(json.dumps({"pid": proc.pid, "host": "elsewhere", "run_id": "remote", "started": "t"}))
+    with pytest.raises(artifacts.ProjectBusyError, match=r"run remote \(pid \d+ on elsewhere\)"):
+        with artifacts.project_lock(tmp_path, "next"):
+            pass
