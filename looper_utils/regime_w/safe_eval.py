@@ -5,10 +5,12 @@ Model completions are untrusted text, and the reward recomputes every
 evaluator must never run code. It parses with :mod:`ast` and walks a
 whitelist: numbers written as plain decimals, ``+ - * / **``, unary signs and
 parentheses. Names, calls, attributes, subscripts, comparisons, strings,
-scientific notation and every other node are refused, as are exponents
-beyond :data:`MAX_EXPONENT` (``9**9**9`` would otherwise hang the scorer),
-over-long expressions, division by zero and results that are not finite real
-numbers. ``eval`` is never called.
+scientific notation, hexadecimal, octal and binary literals (``0x1F``,
+``0o7``, ``0b101``: Python reads them, a solution never means them) and every
+other node are refused, as are exponents beyond :data:`MAX_EXPONENT`
+(``9**9**9`` would otherwise hang the scorer), over-long expressions,
+division by zero and results that are not finite real numbers. ``eval`` is
+never called.
 
 Python's own ``ast.literal_eval`` is not enough here: it rejects ``*``, ``/``
 and ``**`` (it only folds ``+``/``-`` for complex literals).
@@ -24,8 +26,10 @@ __all__ = ["safe_eval", "try_eval", "UnsafeExpression", "MAX_EXPONENT", "MAX_LEN
 MAX_EXPONENT = 64  # |exponent| above this is refused: no GSM8K step needs more
 MAX_LENGTH = 200  # characters; longer "steps" are prose or an attack, not arithmetic
 _MAX_MAGNITUDE = 1e30  # intermediate results beyond this are refused (overflow games)
-# A literal that is not a plain decimal: scientific notation, complex, digit separators.
-_ODD_LITERAL = re.compile(r"\d[eEjJ_]|\.[eEjJ]|[eE][+-]?\d*[jJ]")
+# A literal that is not a plain decimal: scientific notation, complex, digit separators, and the
+# hexadecimal, octal and binary prefixes (in an expression that parses, a digit is followed by a
+# letter only inside a literal).
+_ODD_LITERAL = re.compile(r"\d[eEjJ_xXoObB]|\.[eEjJ]|[eE][+-]?\d*[jJ]")
 
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
@@ -50,6 +54,10 @@ def safe_eval(expr: str) -> float:
     1024.0
     >>> safe_eval("-(2.5 - .5)")
     -2.0
+    >>> safe_eval("0x1F")
+    Traceback (most recent call last):
+    ...
+    looper_utils.regime_w.safe_eval.UnsafeExpression: only plain decimal numbers are allowed in '0x1F'
     >>> safe_eval("open(1)")
     Traceback (most recent call last):
     ...
