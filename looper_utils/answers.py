@@ -16,28 +16,84 @@ completion with an unclosed ``<think>`` has no answer. When the prompt
 pre-fills ``<think>`` (DeepSeek-R1-Distill's chat template does), the
 completion starts inside the block: pass ``think=True`` and a completion
 without ``</think>`` has no answer either.
+
+Hostile text: every stage (SFT checks, rollouts, the reward, PPO, evaluation)
+grades raw model samples, so no input may make the grader hang or raise.
+
+- Only the last ``MAX_ANSWER_CHARS`` = 10,000 characters of the answer region
+  (the text after ``</think>``, or the whole completion without a think
+  block) are read, from the first line boundary in them (a last line longer
+  than that is read from a word boundary). Completions end with their answer,
+  and the longest generation budget in ``config`` (2,048 tokens, about 8,000
+  characters) is under that, so a real completion grades as if nothing were
+  cut; an answer followed by more than 10,000 characters of text is not read.
+- Every pattern is linear in the text: no nested or adjacent unbounded
+  quantifiers that can backtrack into each other (possessive quantifiers where
+  two could), and ``\boxed{...}`` is matched in one pass over the braces.
+- Math-Verify only sees the content of the last ``\boxed{}`` when the
+  plain-number reader cannot read it and that content is short plain
+  arithmetic: at most ``_MV_MAX_CHARS`` = 64 characters of digits,
+  ``+ - * / ^ ( ) { }``, ``\frac``, ``\sqrt``, ``\times``, ``\cdot``, ``\div``,
+  ``\left( \right)`` and spacing, nested at most ``_MV_MAX_DEPTH`` = 4 deep,
+  with at most one power, whose exponent is a literal integer up to 64 (so
+  ``9^{9^{9^{9}}}`` is never evaluated). Anything else (``\lor``, ``\vee``,
+  ``\cup``, ``\max``, sets ``\{...\}``, commas other than ``1{,}000``,
+  ``\quad``, ``\\``, letters, numbers side by side) can stand for several
+  values, or for none, and has no answer.
+- Math-Verify runs with its own ``parsing_timeout`` of ``TIME_BUDGET_S`` = 1
+  second (its timeout is a ``SIGALRM``, whole seconds, main thread only: in
+  other threads it runs without one, bounded by the checks above), and is
+  skipped when the call has already spent its budget. An alarm set by the
+  caller (pytest-timeout, a notebook's own) is re-armed afterwards.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
+import threading
+import time
 from fractions import Fraction
 
 __all__ = ["answer_region", "extract_answer", "normalize_number", "numbers_equal", "is_correct",
-           "final_answer_candidates"]
+           "final_answer_candidates", "MAX_ANSWER_CHARS", "TIME_BUDGET_S"]
+
+MAX_ANSWER_CHARS = 10_000  # only this many characters at the end of the answer region are read
+TIME_BUDGET_S = 1  # seconds per call: Math-Verify's parsing_timeout, and no Math-Verify once spent
+_MV_MAX_CHARS = 64  # longer \boxed{} contents are not handed to Math-Verify
+_MV_MAX_DEPTH = 4  # nor are contents nested deeper than this ({ and ( together)
+_MAX_EXPONENT = 64  # nor powers other than one literal integer exponent up to this (as regime_w.safe_eval)
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
-_STRICT_RE = re.compile(r"^[ \t]*####[ \t]*(.*?)[ \t]*$", re.M)
-_BOXED_RE = re.compile(r"\\boxed\s*\{")
+# the rest of the line after '####', trailing blanks removed by final_answer_candidates
+_STRICT_RE = re.compile(r"^[ \t]*+####[ \t]*+(.*)", re.M)
+_BOXED_OR_BRACE = re.compile(r"\\boxed\s*+\{|[{}]")
+# Each phrase, then a gap of blanks (and a colon), then the rest of the line (``val``). ``val`` is empty
+# only at the end of the text; such a hit counts only if the gap holds something other than newlines.
 _PHRASE_RES = [
-    re.compile(r"the\s+final\s+answer\s+is\s*:?\s*(.+)", re.I),
-    re.compile(r"the\s+answer\s+is\s*:?\s*(.+)", re.I),
-    re.compile(r"(?:^|\n)\s*\**\s*answer\s*\**\s*:\s*(.+)", re.I),
-    re.compile(r"(?:^|\n)\s*A\s*:\s*(.+)"),
+    re.compile(r"the\s++final\s++answer\s++is(?P<gap>\s*+:?+\s*+)(?P<val>.*)", re.I),
+    re.compile(r"the\s++answer\s++is(?P<gap>\s*+:?+\s*+)(?P<val>.*)", re.I),
+    re.compile(r"^[^\S\n]*+\**+[^\S\n]*+answer\s*+\**+\s*+:(?P<gap>\s*+)(?P<val>.*)", re.I | re.M),
+    re.compile(r"^[^\S\n]*+A\s*+:(?P<gap>\s*+)(?P<val>.*)", re.M),
 ]
+_PHRASE_NUMBER = re.compile(r"\s*+\$?+\s*+(" + _NUM + r")\s*+(?:[A-Za-z$%][^0-9]*+)?\.?\s*$")
 _LAST_NUM_RE = re.compile(_NUM)
 _UNIT_TAIL = re.compile(r"^(?P<num>-?\d+(?:\.\d+)?|-?\d+/\d+)\s*(?:[A-Za-z][A-Za-z .'\-]*)?$")
 _LEAD_WORDS = re.compile(r"^(?:[A-Za-z][A-Za-z ]*?\s(?:is|=|of|was|are)\s+|[=:~≈]\s*)")
+_BLANK = re.compile(r"\s")
+# a fraction standing alone: not the "1/2" of a mixed number "2\frac{1}{2}" (left to Math-Verify)
+_SIMPLE_FRAC = re.compile(r"(?<![\d.])\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}(?![\d.])")
+# what Math-Verify may see: plain arithmetic LaTeX, one token at a time
+_MV_VOCABULARY = re.compile(r"(?:(?<=\d)\{,\}(?=\d)|[\d.+\-*/()^{} \t]"
+                            r"|\\(?:[dtc]?frac|sqrt|times|cdot|div|left(?=\()|right(?=\))|circ)(?![A-Za-z])"
+                            r"|\\[,!;: ])*+")
+# ... and not: numbers side by side ("5 7", "5 . 7", "5\quad 7" is refused above), a number with two points
+# ("1..2"), an empty group, a dangling operator (checked with LaTeX spacing commands read as blanks)
+_MV_MALFORMED = re.compile(r"[\d.]\s++[\d.]|\.\d*+\.|[{(]\s*+[})]"
+                           r"|(?:[-+*/^]|\\(?:times|cdot|div|frac|dfrac|tfrac|cfrac|sqrt|left|right))\s*+$")
+_TEX_SPACING = re.compile(r"\\[,!;: ]")
+_MV_POWER = re.compile(r"\^(?:\{\s*+(-?\d{1,2})\s*+\}|(\d)(?![\d.])|\{?\s*+\\circ\s*+\}?)")
 
 
 def answer_region(text: str, think: bool = False) -> str | None:
@@ -59,6 +115,26 @@ def answer_region(text: str, think: bool = False) -> str | None:
     if "<think>" in text or think:
         return None
     return text
+
+
+def _read_window(region: str) -> str:
+    """The last ``MAX_ANSWER_CHARS`` characters of ``region``, from a line (else word) boundary.
+
+    >>> _read_window("12\\n#### 7")
+    '12\\n#### 7'
+    >>> _read_window("#### 5\\n" + "x" * MAX_ANSWER_CHARS + "\\n#### 7")
+    '#### 7'
+    """
+    if len(region) <= MAX_ANSWER_CHARS:
+        return region
+    start = len(region) - MAX_ANSWER_CHARS
+    if region[start - 1] == "\n":
+        return region[start:]
+    nl = region.find("\n", start)
+    if nl >= 0:
+        return region[nl + 1:]
+    blank = _BLANK.search(region, start)
+    return region[blank.end():] if blank else ""
 
 
 def normalize_number(s: str | None) -> str | None:
@@ -101,10 +177,9 @@ def normalize_number(s: str | None) -> str | None:
         return None
     num = m.group("num")
     try:
-        value = Fraction(num) if "/" in num else Fraction(num)
-    except (ValueError, ZeroDivisionError):
+        return _canonical(Fraction(num))
+    except (ValueError, ZeroDivisionError, OverflowError):  # "1/0", 5,000 digits, beyond a float
         return None
-    return _canonical(value)
 
 
 def _canonical(value: Fraction) -> str:
@@ -115,35 +190,94 @@ def _canonical(value: Fraction) -> str:
     return out if out not in ("-0", "") else "0"
 
 
-def _boxed_contents(text: str) -> list[str]:
-    out = []
-    for m in _BOXED_RE.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            out.append(text[m.end():i - 1])
-    return out
+def _last_boxed(text: str) -> str | None:
+    r"""The content of the last ``\boxed{...}`` that closes, found in one pass over the braces.
+
+    >>> _last_boxed(r"\boxed{1} and \boxed{\frac{2}{3}} and \boxed{4")
+    '\\frac{2}{3}'
+    """
+    opened: list[int] = []  # per open brace: where its content starts if it opens a \boxed, else -1
+    best: tuple[int, int] | None = None
+    for m in _BOXED_OR_BRACE.finditer(text):
+        if m.group() == "}":
+            if opened:
+                start = opened.pop()
+                if start >= 0 and (best is None or start > best[0]):
+                    best = (start, m.start())
+        else:
+            opened.append(-1 if m.group() == "{" else m.end())
+    return None if best is None else text[best[0]:best[1]]
 
 
-def _latex_number(s: str) -> str | None:
-    s2 = re.sub(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}", r"\1/\2", s)
-    got = normalize_number(s2)
+def _latex_number(s: str, deadline: float) -> str | None:
+    got = normalize_number(_SIMPLE_FRAC.sub(r"\1/\2", s))
     if got is not None:
         return got
+    t = s.replace("\\$", "").replace("\\%", "").replace("$", "").replace("%", "").strip()
+    if not _plain_arithmetic(t):
+        return None  # several values, unknown LaTeX, or too big to evaluate: no answer
+    return _math_verify_number(t, deadline)
+
+
+def _plain_arithmetic(s: str) -> bool:
+    r"""Whether ``s`` is short, single-valued arithmetic LaTeX that Math-Verify may evaluate.
+
+    >>> [_plain_arithmetic(s) for s in (r"2\frac{1}{2}", r"\sqrt{49}", r"2^{10}", r"3 \times 4")]
+    [True, True, True, True]
+    >>> [_plain_arithmetic(s) for s in (r"5 \lor 7", r"\{5, 7\}", r"\max(5, 7)", "5 . 7", r"9^{9^{9}}", "2^{99}")]
+    [False, False, False, False, False, False]
+    """
+    if not s or len(s) > _MV_MAX_CHARS or not _MV_VOCABULARY.fullmatch(s) \
+            or _MV_MALFORMED.search(_TEX_SPACING.sub(" ", s)):
+        return False
+    depth = 0
+    for ch in s:
+        if ch in "{(":
+            depth += 1
+            if depth > _MV_MAX_DEPTH:
+                return False
+        elif ch in "})":
+            depth -= 1
+            if depth < 0:
+                return False
+    if depth:
+        return False
+    powers = list(_MV_POWER.finditer(s))
+    if len(powers) != s.count("^"):
+        return False  # a power whose exponent is not a literal: 9^{9^9}, 2^{x}
+    exponents = [int(m.group(1) or m.group(2)) for m in powers if m.group(1) or m.group(2)]
+    return len(exponents) <= 1 and all(abs(e) <= _MAX_EXPONENT for e in exponents)
+
+
+def _math_verify_number(s: str, deadline: float) -> str | None:
+    """Math-Verify's reading of ``s`` as one finite number, within the call's time budget."""
     try:  # Math-Verify reads the LaTeX we do not; only a single plain number is accepted
         from math_verify import parse
+        from math_verify.errors import TimeoutException
     except ImportError:
         return None
-    try:
-        parsed = parse("$" + s + "$", parsing_timeout=None)
-    except Exception:  # noqa: BLE001 - any parse failure means "no number"
+    if time.perf_counter() >= deadline:
         return None
+    # its timeout is a SIGALRM: only in the main thread, in whole seconds; elsewhere s is bounded by
+    # _plain_arithmetic (short, shallow, no large powers) and runs in about a millisecond
+    main = os.name == "posix" and threading.current_thread() is threading.main_thread()
+    outer = signal.getitimer(signal.ITIMER_REAL) if main else (0.0, 0.0)
+    t0 = time.perf_counter()
+    try:
+        parsed = parse("$" + s + "$", parsing_timeout=max(1, math.ceil(TIME_BUDGET_S)) if main else None)
+    except (Exception, TimeoutException):  # noqa: BLE001 - any parse failure or timeout means "no number"
+        return None
+    finally:
+        if outer[0] > 0:  # Math-Verify cancels any pending alarm: re-arm the caller's
+            signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.perf_counter() - t0), 1e-3), outer[1])
     for p in parsed:
+        if isinstance(p, str):
+            continue  # the raw text Math-Verify falls back to, not a reading
         try:
-            return _canonical(Fraction(str(float(p))).limit_denominator(10**9))
-        except (TypeError, ValueError):
+            value = float(p)
+            if math.isfinite(value):
+                return _canonical(Fraction(str(value)).limit_denominator(10**9))
+        except (TypeError, ValueError, ArithmeticError):
             continue
     return None
 
@@ -154,7 +288,15 @@ def final_answer_candidates(text: str) -> list[str]:
     >>> final_answer_candidates("a\\n#### 5\\n#### 7")
     ['5', '7']
     """
-    return [m.group(1) for m in _STRICT_RE.finditer(text or "")]
+    return [m.group(1).rstrip(" \t") for m in _STRICT_RE.finditer(text or "")]
+
+
+def _last_phrase(rx: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for m in rx.finditer(text):
+        if m.group("val") or m.group("gap").strip("\n"):
+            last = m
+    return last
 
 
 def extract_answer(text: str, mode: str = "flexible", think: bool = False) -> str | None:
@@ -162,7 +304,8 @@ def extract_answer(text: str, mode: str = "flexible", think: bool = False) -> st
 
     ``strict`` reads only the last ``#### N`` line; ``flexible`` falls back to
     ``\boxed{N}``, "The (final) answer is N", "Answer: N", "A: N", then the
-    last number of the answer region.
+    last number of the answer region. Only the last ``MAX_ANSWER_CHARS``
+    characters of the answer region are read (see the module docstring).
 
     >>> extract_answer("She pays 3*4=<<3*4=12>>12 dollars.\n#### 12", "strict")
     '12'
@@ -182,33 +325,41 @@ def extract_answer(text: str, mode: str = "flexible", think: bool = False) -> st
     '4'
     >>> extract_answer("<think>it is 3") is None
     True
+    >>> extract_answer(r"\boxed{5 \lor 7}") is None
+    True
     """
     if mode not in ("strict", "flexible"):
         raise ValueError(f"mode must be 'strict' or 'flexible', got {mode!r}")
+    deadline = time.perf_counter() + TIME_BUDGET_S
     region = answer_region(text, think=think)
     if region is None:
         return None
-    strict = final_answer_candidates(region)
-    if strict:
-        return normalize_number(strict[-1])
+    region = _read_window(region)
+    last_final = None
+    for last_final in _STRICT_RE.finditer(region):
+        pass
+    if last_final is not None:
+        return normalize_number(last_final.group(1))
     if mode == "strict":
         return None
-    boxed = _boxed_contents(region)
-    if boxed:
-        return _latex_number(boxed[-1])
+    boxed = _last_boxed(region)
+    if boxed is not None:
+        return _latex_number(boxed, deadline)
     for rx in _PHRASE_RES:
-        hits = list(rx.finditer(region))
-        if hits:
-            line = hits[-1].group(1).split("\n", 1)[0]
+        hit = _last_phrase(rx, region)
+        if hit is not None:
+            line = hit.group("val")
             got = normalize_number(line)
             if got is not None:
                 return got
-            m = re.match(r"\s*\$?\s*(" + _NUM + r")\s*(?:[A-Za-z$%][^0-9]*)?\.?\s*$", line)
+            m = _PHRASE_NUMBER.match(line)
             if m:
                 return normalize_number(m.group(1))
             return None
-    nums = _LAST_NUM_RE.findall(region)
-    return normalize_number(nums[-1]) if nums else None
+    last_num = None
+    for last_num in _LAST_NUM_RE.finditer(region):
+        pass
+    return normalize_number(last_num.group()) if last_num is not None else None
 
 
 def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:

@@ -18,6 +18,12 @@ credit, even when the gold number is in it. A policy should not be able to
 buy correctness by hedging, spamming answer lines, skipping the work or
 rambling until it is cut off.
 
+Every completion is scored, degenerate samples included (a flood of
+newlines, ``\boxed{`` repeated, a 100,000-digit number): ``scoring`` and
+``looper_utils.answers`` bound their work per completion, so ``reward_fn``
+takes milliseconds per sample whatever the policy writes
+(``tests/test_hostile.py``).
+
 TRL's reward functions (``trl.rewards``) return one float per completion
 and keep no breakdown or guards; ``reward_fn`` follows their calling
 convention so this reward can be handed to a TRL trainer as it is.

@@ -25,6 +25,16 @@ looked for only in the line before each '=', at most ``MAX_LENGTH``
 characters back, so scoring time grows linearly with the text whatever the
 policy writes.
 
+Hostile text: the reward scores every sample, degenerate ones included, so
+the work per completion is also capped: at most ``MAX_STEPS`` calculator
+steps are read (annotations first, then inline steps) and at most
+``MAX_EQUALS`` '=' signs are looked at for inline steps (a GSM8K solution has
+fewer than 20 of either), and at most ``MAX_FINAL_SPELLINGS`` different
+``####`` lines are read for the several-answers guard. The answer itself is
+read by ``looper_utils.answers``, which reads only the end of a long answer
+region (``answers.MAX_ANSWER_CHARS``). A 100,000-character sample scores in
+milliseconds.
+
 TRL and the Math-Verify reward score only the final answer; the step check,
 the guards and the per-component breakdown are why this module exists.
 """
@@ -42,10 +52,13 @@ from ..answers import answer_region, extract_answer, final_answer_candidates, no
 from .safe_eval import MAX_LENGTH, try_eval
 
 __all__ = ["Score", "CalcStep", "score", "score_table", "calc_steps", "repetition_ratio",
-           "audit_calculations", "MIN_REASONING_CHARS"]
+           "audit_calculations", "MIN_REASONING_CHARS", "MAX_STEPS", "MAX_EQUALS", "MAX_FINAL_SPELLINGS"]
 
 MIN_REASONING_CHARS = 5  # fewer non-blank characters before the answer = "empty reasoning"
 REPETITION_N = 4  # word n-grams for the repetition ratio
+MAX_STEPS = 256  # calculator steps read per text; the rest of a longer text's steps are not checked
+MAX_EQUALS = 2048  # '=' signs looked at for inline steps per text
+MAX_FINAL_SPELLINGS = 64  # more different '####' lines than this count as several answers unread
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _OPERAND = rf"(?:\([ \t]*)*-?\$?(?:{_NUM})%?(?:[ \t]*\))*"
@@ -215,6 +228,8 @@ def calc_steps(text: str) -> list[CalcStep]:
     steps: list[CalcStep] = []
     seen: dict[str, set[float | None]] = {}  # annotation expression -> values it claimed
     for m in _ANNOTATION.finditer(text):
+        if len(steps) >= MAX_STEPS:
+            return steps
         body = m.group(1)
         expr, _, claimed = body.rpartition("=")
         expr, claimed = _normalise_expr(expr), claimed.strip()
@@ -229,7 +244,9 @@ def calc_steps(text: str) -> list[CalcStep]:
     if "=" not in plain:
         return steps
     eq, prev = plain.find("="), -1
-    while eq >= 0:
+    for _ in range(MAX_EQUALS):
+        if eq < 0 or len(steps) >= MAX_STEPS:
+            break
         # the left side lies between the previous '=' (or the line start) and this one
         lo = max(prev + 1, eq - MAX_LENGTH)
         lo = max(lo, plain.rfind("\n", lo, eq) + 1)
@@ -353,12 +370,20 @@ def _last_line(text: str) -> str:
 def _several_answers(region: str | None, finals: list[str], final_value: str | None) -> bool:
     """Different '####' values, a final line offering several numbers, or another answer after it.
 
-    ``final_value`` is the last line's number as the grader reads it.
+    ``final_value`` is the last line's number as the grader reads it. More than
+    ``MAX_FINAL_SPELLINGS`` differently written '####' lines count as several
+    answers without each being read (that many lines also trip ``stuffed``).
     """
     if region is None or not finals:
         return False
-    if len(finals) > 1 and len({normalize_number(f) or f.strip() for f in finals}) > 1:
-        return True
+    if len(finals) > 1:
+        values = set()
+        for i, f in enumerate(dict.fromkeys(finals)):  # each different spelling once
+            if i >= MAX_FINAL_SPELLINGS:
+                return True
+            values.add(normalize_number(f) or f.strip())
+            if len(values) > 1:
+                return True
     last = finals[-1]
     if final_value is None and len(_NUMBER_IN.findall(last)) >= 2:
         return True  # "#### 5 or 7", "#### 5, 7"
@@ -393,8 +418,7 @@ def repetition_ratio(text: str, n: int = REPETITION_N) -> float:
     words = text.split()
     if len(words) <= n:
         return 0.0
-    grams = list(zip(*(words[i:] for i in range(n))))
-    return 1.0 - len(set(grams)) / len(grams)
+    return 1.0 - len(set(zip(*(words[i:] for i in range(n))))) / (len(words) - n + 1)
 
 
 def _isnan(x: Any) -> bool:
