@@ -46,17 +46,17 @@ from .answers import answer_region, extract_answer, final_answer_candidates, nor
 from .artifacts import MissingInputError, check_manifest, require
 from .shards import n_shards, shard_path, write_missing
 from .config import Config
-from .data import count_steps, data_files, read_jsonl
+from .data import COMPLETION_STYLES, completion_style, count_steps, data_files, read_jsonl
 from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
                     paired_comparison, wilson_ci)
 
 __all__ = ["COLUMNS", "TEST_SETS", "PPO_NAMES", "PAIRS", "ModelSpec", "EvalResult", "eval_dir", "resolve_models",
            "load_test_set", "grade_question", "grade_records", "evaluate_set", "run", "load_records", "summarize",
-           "accuracy_frame", "paired_table", "outcome_counts", "format_ok"]
+           "accuracy_frame", "paired_table", "outcome_counts", "format_ok", "verdicts"]
 
 COLUMNS = ["id", "question", "gold", "steps", "completion", "extracted", "extracted_strict", "correct",
            "correct_strict", "finish_reason", "n_tokens", "format_ok", "category", "n_samples",
-           "n_correct_samples", "answers"]
+           "n_correct_samples", "answers", "style"]
 TEST_SETS = {"platinum": "platinum", "gsm8k_test": "test", "dev": "dev"}  # name -> data.data_files key
 PPO_NAMES = ("ppo", "ppo_best", "ppo_last")
 PAIRS = {"ppo_vs_sft": ("ppo", "sft"), "sft_vs_base": ("sft", "base")}  # first minus second
@@ -220,6 +220,7 @@ def grade_question(problem: Mapping[str, Any], texts: Sequence[str], finish_reas
         "finish_reason": finish_reasons[rep], "n_tokens": int(n_tokens[rep]), "format_ok": fmt,
         "category": error_category(vote, correct, finish_reasons[rep], fmt), "n_samples": len(texts),
         "n_correct_samples": sum(numbers_equal(a, gold) for a in flex), "answers": json.dumps(flex),
+        "style": completion_style(texts[rep], think=think),
     }
 
 
@@ -398,6 +399,7 @@ def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed
     models: dict[str, Any] = {}
     errors: dict[str, Any] = {}
     by_steps: dict[str, Any] = {}
+    by_style: dict[str, Any] = {}
     for name, per in records.items():
         for ts, recs in per.items():
             df = _frame(recs)
@@ -413,6 +415,12 @@ def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed
             errors.setdefault(name, {})[ts] = {c: int(counts[c]) for c in ERROR_CATEGORIES}
             acc_steps = df.groupby("steps")["correct"].apply(lambda s: float(s.astype(float).mean()))
             by_steps.setdefault(name, {})[ts] = {str(int(k)): v for k, v in acc_steps.items()}
+            if "style" in df:
+                by_style.setdefault(name, {})[ts] = {
+                    st: {"share": float((df["style"] == st).mean()),
+                         "accuracy": float(df.loc[df["style"] == st, "correct"].astype(float).mean())
+                         if (df["style"] == st).any() else None}
+                    for st in COMPLETION_STYLES}
     paired: dict[str, Any] = {}
     for key, (a, b) in PAIRS.items():
         a = _ppo_name(models) if a == "ppo" else a
@@ -426,9 +434,41 @@ def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed
                 continue
             r = paired_comparison(t["correct_a"].astype(int), t["correct_b"].astype(int), n_boot=n_boot, seed=seed)
             paired.setdefault(key, {})[ts] = {k: r[k] for k in ("diff", "ci95", "mcnemar_p", "b01", "b10")}
-    out = {"models": models, "paired": paired, "errors": errors, "by_steps": by_steps}
+    out = {"models": models, "paired": paired, "errors": errors, "by_steps": by_steps, "by_style": by_style}
+    out["verdicts"] = verdicts(out)
     if skipped:
         out["skipped"] = dict(skipped)
+    return out
+
+
+_SET_NAMES = {"platinum": "GSM8K-Platinum", "gsm8k_test": "the GSM8K test split", "dev": "the dev split"}
+
+
+def verdicts(summary: Mapping[str, Any], alpha: float = 0.01) -> dict[str, str]:
+    """One sentence per test set: PPO against SFT, the paired difference with its 95% interval and McNemar's p.
+
+    >>> s = {"models": {"ppo": {"platinum": {"accuracy": 0.82, "n": 1000}}, "sft": {"platinum": {"accuracy": 0.12}}},
+    ...      "paired": {"ppo_vs_sft": {"platinum": {"diff": 0.70, "ci95": [0.67, 0.73], "mcnemar_p": 1e-150}}}}
+    >>> print(verdicts(s)["platinum"])
+    On GSM8K-Platinum (1000 problems) PPO beats SFT: 82.0% vs 12.0%, +70.0 points (95% CI +67.0 to +73.0), McNemar p < 1e-10.
+    """
+    out = {}
+    models = summary.get("models", {})
+    a = _ppo_name(models)
+    for ts, r in summary.get("paired", {}).get("ppo_vs_sft", {}).items():
+        pa, pb = models.get(a, {}).get(ts, {}), models.get("sft", {}).get(ts, {})
+        diff, (lo, hi), p = r["diff"], r["ci95"], r["mcnemar_p"]
+        if p < alpha and diff > 0:
+            how = "beats SFT"
+        elif p < alpha and diff < 0:
+            how = "is worse than SFT"
+        else:
+            how = f"is not distinguishable from SFT at p < {alpha:g}"
+        p_s = "p < 1e-10" if p < 1e-10 else f"p = {p:.2g}"
+        n = pa.get("n")
+        out[ts] = (f"On {_SET_NAMES.get(ts, ts)}{f' ({n} problems)' if n else ''} PPO {how}: "
+                   f"{100 * pa.get('accuracy', float('nan')):.1f}% vs {100 * pb.get('accuracy', float('nan')):.1f}%, "
+                   f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), McNemar {p_s}.")
     return out
 
 

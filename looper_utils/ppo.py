@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import modeling, prompts
-from .answers import is_correct
+from .data import completion_style, style_shares
 from .artifacts import Timer, atomic_write_text
 from .config import Config
 from .generation import generate
@@ -175,6 +175,7 @@ class PPOTrainer:
         self.iteration = 0
         self.best_dev = -1.0
         self.history: list[dict[str, Any]] = []
+        self.last_dev_styles: list[str] = []
 
     # -- one iteration ----------------------------------------------------------
     def _pick_prompts(self, it: int) -> tuple[list[dict], list[int]]:
@@ -215,6 +216,7 @@ class PPOTrainer:
             rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
             comps = [components(sc) for sc in scores]
             correct = [bool(sc.correct) for sc in scores]
+            styles = [completion_style(s.text, think=self.think) for s in res.samples]
         b = make_batch(res.samples, self.tok.pad_token_id, self.device)
         with timer.section("forward"):
             old = self._forward_all(b)
@@ -245,6 +247,7 @@ class PPOTrainer:
             "accuracy": float(np.mean(correct)),
             **{f"r_{k}": float(np.mean([c[k] for c in comps])) for k in comps[0]},
             "kl": float((kl_tok.sum(1)).mean()), "response_length": n_tok / len(res.samples),
+            **{f"style_{k}": v for k, v in style_shares(styles).items()},
             "truncated": float(np.mean([s.finish_reason == "length" for s in res.samples])),
             **stats,
             "t_generate": t.get("generate", 0.0), "t_score": t.get("score", 0.0),
@@ -302,14 +305,20 @@ class PPOTrainer:
 
     # -- evaluation ---------------------------------------------------------------
     def dev_accuracy(self, rows: list[dict] | None = None) -> tuple[float, list[bool]]:
+        """Greedy accuracy of the policy with the one dev check of 02 (``sft.dev_check``).
+
+        The style of every answer (``data.completion_style``) is kept in
+        ``last_dev_styles`` for the style-share plots.
+        """
+        from .sft import dev_check
+
         rows = rows if rows is not None else self.dev_rows
         with self.pv.use(POLICY):
-            res = generate(self.pv.model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style)
-                                                      for r in rows],
-                           max_new_tokens=self.p.max_new_tokens, temperature=0.0,
-                           batch_size=self.cfg.sft.eval_batch_size, progress=False, backend=self.cfg.rollouts.backend)
-        flags = [is_correct(s.text, r["gold"], think=self.think) for s, r in zip(res.samples, rows)]
-        return float(np.mean(flags)) if flags else 0.0, flags
+            acc, records, _ = dev_check(self.pv.model, self.tok, rows, style=self.style,
+                                        max_new_tokens=self.p.max_new_tokens, batch_size=self.cfg.sft.eval_batch_size,
+                                        progress=False, backend=self.cfg.rollouts.backend)
+        self.last_dev_styles = [completion_style(r["completion"], think=self.think) for r in records]
+        return acc, [bool(r["correct"]) for r in records]
 
     # -- checkpoints ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -386,6 +395,7 @@ class PPOTrainer:
             if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total):
                 acc, _ = self.dev_accuracy()
                 metrics["dev_accuracy"] = acc
+                metrics.update({f"dev_style_{k}": v for k, v in style_shares(self.last_dev_styles).items()})
                 if acc > self.best_dev and self.dist.is_main:
                     self.best_dev = acc
                     self.save("best")

@@ -48,6 +48,7 @@ PLAIN_PROMPT = ("You are a careful math tutor. Solve the problem step by step, s
 # short on purpose: every token of it is paid for in every training step and rollout
 CHAT_INSTRUCTION = "Give the final numeric answer as '#### 42'."
 _FINAL_LINE = re.compile(r"^[ \t]*####.*$", re.M)
+_FINAL_NUMBER = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]{0,40}?)[ \t]*$", re.M)
 
 
 def _check_style(style: str) -> None:
@@ -106,16 +107,26 @@ def reasoning_of(answer: str) -> str:
 def sft_example(row: dict, tokenizer, style: str = "chat") -> dict[str, str]:
     """``{"prompt", "completion"}`` for one problem row; the completion ends with EOS.
 
-    The final line uses the canonical gold number, so what SFT teaches is
-    exactly what the strict grader reads.
+    The text is the row's ``teacher_answer`` when it has one (the teacher
+    mix of ``looper_utils.data``), else its ``answer``. The final line is the
+    canonical number of that text's ``#### N`` line (the gold number for
+    ``worked`` and ``terse`` answers, the slipped result for ``slip``), so
+    what SFT teaches is exactly what the strict grader reads.
     """
+    from .answers import normalize_number
+
     prompt = build_prompt(row["question"], tokenizer, style)
-    reasoning = reasoning_of(row["answer"])
+    teacher = row.get("teacher_answer")
+    final = row["gold"]
+    if teacher:
+        finals = _FINAL_NUMBER.findall(teacher)
+        final = (normalize_number(finals[-1]) if finals else None) or final
+    reasoning = reasoning_of(teacher or row["answer"])
     eos = tokenizer.eos_token or ""
     if completion_starts_in_think(tokenizer, style):
-        completion = f"{reasoning}\n{THINK_CLOSE}\n\n#### {row['gold']}{eos}"
+        completion = f"{reasoning}\n{THINK_CLOSE}\n\n#### {final}{eos}"
     else:
-        completion = f"{reasoning}\n#### {row['gold']}{eos}"
+        completion = f"{reasoning}\n#### {final}{eos}"
     return {"prompt": prompt, "completion": completion}
 
 

@@ -340,6 +340,19 @@ def _eval(m: dict) -> tuple[str, list, set]:
                          prow)]
     if isinstance(m.get("errors"), dict):
         blocks += [Para("Error categories:"), _dict_table(m["errors"], "model / test set")]
+    by_style = m.get("by_style") if isinstance(m.get("by_style"), dict) else {}
+    srows, styles = [], []
+    for name, per in by_style.items():
+        for ts, st in (per.items() if isinstance(per, dict) else []):
+            if isinstance(st, dict):
+                styles = styles or list(st)
+                srows.append([name, ts] + [f"{_pct(v.get('share'))} (right {_pct(v.get('accuracy'))})"
+                                           if isinstance(v, dict) else _DASH for v in st.values()])
+    if srows:
+        blocks += [Para("How the answers were written (share of answers in each style, and how often an answer "
+                        "of that style is right; `data.completion_style`):"),
+                   Table(["model", "test set"] + styles, srows)]
+    consumed |= {("by_style",), ("verdicts",)}
     head = sets[0] if sets else None
     summary = ", ".join(f"{name} {_pct_ci(per[head].get('accuracy'), per[head].get('ci95'))}"
                         for name, per in models.items() if isinstance(per, dict) and isinstance(per.get(head), dict))
@@ -474,6 +487,7 @@ def _head_blocks(run: _Run, rendered: dict) -> tuple[str, list]:
         blocks.append(Para(f"Partial run: no metrics for {', '.join(missing)}. Run notebooks/{missing[0]}.ipynb "
                            "(and the stages after it) to complete the report.", "missing"))
     blocks += [Para(f"Could not read: {msg}", "missing") for msg in run.problems]
+    blocks += _verdict_blocks(run)
     rows, total = [], 0.0
     for stage in STAGES:
         ps = run.pstages.get(stage) or {}
@@ -490,6 +504,29 @@ def _head_blocks(run: _Run, rendered: dict) -> tuple[str, list]:
         blocks.append(Para("No pipeline.json in this run, so wall times are unknown (the pipeline runner "
                            "writes it).", "meta"))
     return title, blocks
+
+
+def _verdict_blocks(run: _Run) -> list:
+    """The headline: one sentence per test set (06), or the dev comparison of 05 when 06 has not run."""
+    ev = run.metrics.get("06_eval") or {}
+    sentences = list((ev.get("verdicts") or {}).values()) if isinstance(ev.get("verdicts"), dict) else []
+    ppo = run.metrics.get("05_ppo") or {}
+    paired = ppo.get("paired") if isinstance(ppo.get("paired"), dict) else {}
+    if not sentences and {"diff", "mcnemar_p"} <= set(paired):
+        s, p = ppo.get("dev_accuracy_sft"), ppo.get("dev_accuracy_ppo")
+        ci = paired.get("ci95") or [float("nan")] * 2
+        sentences = [f"On the dev split ({_num(ppo.get('n_dev'))} problems) PPO scores {_pct(p)} against SFT's "
+                     f"{_pct(s)}: {100 * paired['diff']:+.1f} points (95% CI {100 * ci[0]:+.1f} to "
+                     f"{100 * ci[1]:+.1f}), McNemar p = {paired['mcnemar_p']:.2g}."]
+    if not sentences:
+        return []
+    cfg01 = run.configs.get("01_data")
+    teacher = ((cfg01.get("data") or {}) if isinstance(cfg01, dict) else {}).get("teacher")
+    blocks: list[Any] = [Heading(2, "Verdict")] + [Para(x) for x in sentences]
+    if teacher:
+        blocks.append(Para(f"SFT data: synthetic teacher `{teacher}` (data.teacher; `worked:1` is the clean "
+                           "control).", "meta"))
+    return blocks
 
 
 def _stage_blocks(run: _Run, rendered: dict) -> list:

@@ -11,7 +11,12 @@ A ``manifest.json`` records what the shards were made with; a rerun with other
 settings stops instead of mixing two kinds of samples in one table.
 
 Metrics: pass@k with the unbiased estimator, maj@k, accuracy per difficulty
-bucket (calculation steps of the gold solution), truncation rate, tokens/s.
+bucket (calculation steps of the gold solution), truncation rate, tokens/s,
+and per solution style (``data.completion_style``: worked, terse, slip,
+other): the share of completions in each style, their accuracy, and how many
+problems at least one completion of that style solves. Under a mixed teacher
+that table is the headroom greedy SFT leaves: a style that is right far more
+often than the one greedy decoding picks is what RL can select.
 """
 from __future__ import annotations
 
@@ -22,12 +27,12 @@ import pandas as pd
 
 from .answers import extract_answer, normalize_number, numbers_equal
 from .artifacts import MissingInputError, check_manifest
-from .data import count_steps
+from .data import COMPLETION_STYLES, completion_style, count_steps
 from .shards import write_missing
 from .stats import maj_at_k, pass_at_k
 
 COLUMNS = ["prompt_id", "sample_idx", "question", "answer", "gold", "steps", "completion", "n_tokens",
-           "finish_reason", "extracted", "extracted_strict", "correct", "correct_strict"]
+           "finish_reason", "extracted", "extracted_strict", "correct", "correct_strict", "style"]
 
 
 def rollout_dir(run_dir: Path) -> Path:
@@ -48,6 +53,7 @@ def grade_records(problems: list[dict], samples: list[Any], think: bool) -> list
             "completion": s.text, "n_tokens": int(s.n_tokens), "finish_reason": s.finish_reason,
             "extracted": flex, "extracted_strict": strict,
             "correct": numbers_equal(flex, gold), "correct_strict": numbers_equal(strict, gold),
+            "style": completion_style(s.text, think=think),
         })
     return recs
 
@@ -106,7 +112,32 @@ def metrics(df: pd.DataFrame, ks: list[int] | None = None) -> dict[str, Any]:
         "truncation_rate": float((df["finish_reason"] == "length").mean()),
         "never_solved": int((pp["c"] == 0).sum()), "always_solved": int((pp["c"] == pp["n"]).sum()),
         "mean_tokens": float(df["n_tokens"].mean()),
+        "by_style": by_style(df),
     }
+
+
+def by_style(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per completion style: share of completions, accuracy (pass@1 within the style), mean tokens, and
+    ``solved_by_any``: the share of problems that at least one completion of that style gets right.
+
+    >>> t = pd.DataFrame({"prompt_id": ["a", "a", "b", "b"], "style": ["worked", "terse", "worked", "worked"],
+    ...                   "correct": [True, False, False, True], "n_tokens": [20, 5, 22, 18]})
+    >>> by_style(t)["worked"]
+    {'share': 0.75, 'accuracy': 0.6667, 'mean_tokens': 20.0, 'solved_by_any': 1.0}
+    >>> by_style(t)["slip"]["share"]
+    0.0
+    """
+    if "style" not in df:  # shards written before styles were recorded
+        return {}
+    n_prob = max(1, df["prompt_id"].nunique())
+    out = {}
+    for st in COMPLETION_STYLES:
+        g = df[df["style"] == st]
+        out[st] = {"share": round(len(g) / max(1, len(df)), 4),
+                   "accuracy": round(float(g["correct"].mean()), 4) if len(g) else float("nan"),
+                   "mean_tokens": round(float(g["n_tokens"].mean()), 2) if len(g) else float("nan"),
+                   "solved_by_any": round(float(g.groupby("prompt_id")["correct"].any().sum()) / n_prob, 4)}
+    return out
 
 
 

@@ -158,7 +158,10 @@ def _handmade():
 def test_summarize_exact_numbers():
     records, flags = _handmade()
     s = evaluation.summarize(records, n_boot=500, seed=0)
-    assert set(s) == {"models", "paired", "errors", "by_steps"}
+    assert set(s) == {"models", "paired", "errors", "by_steps", "by_style", "verdicts"}
+    assert s["by_style"] == {}  # these records carry no style column
+    v = s["verdicts"]["platinum"]  # 7 vs 5 right on 10 questions: no evidence either way
+    assert v.startswith("On GSM8K-Platinum (10 problems) PPO is not distinguishable from SFT") and "+20.0 points" in v
     ppo = s["models"]["ppo"]["platinum"]
     assert ppo["accuracy"] == pytest.approx(0.7) and ppo["n"] == 10
     assert ppo["accuracy_strict"] == pytest.approx(0.4)  # q0, q2, q4, q6

@@ -26,12 +26,17 @@ def test_01_data(pipeline_run):
     assert (pipeline_run / "01_data.ipynb").is_file()
     assert {p.name for p in (pipeline_run / "figures").glob("01_*.png")} == {"01_steps.png", "01_gold_magnitude.png"}
     assert json.loads((pipeline_run / "configs" / "01_data.json").read_text())["profile"] == "smoke"
+    assert m["teacher"] == "worked:0.4,terse:0.6"
+    styles = m["teacher_styles"]
+    assert set(styles) == {"worked", "terse"} and sum(styles.values()) == rows["train"]
+    assert abs(styles["terse"] / rows["train"] - 0.6) < 0.01
 
 
 def test_02_sft_learns(pipeline_run):
     m = _metrics(pipeline_run, "02_sft")
     assert m["n_dev"] >= 200 and m["dev_accuracy_before"] <= 0.05
-    assert m["dev_accuracy_after"] >= 0.5, m["dev_accuracy_after"]
+    # the mixed teacher: SFT's greedy answers are mostly terse, so it lands well below the clean teacher's ~0.65
+    assert 0.2 <= m["dev_accuracy_after"] <= 0.6, m["dev_accuracy_after"]
     assert m["train_steps"] > 0 and 0 < m["final_loss"] < 0.5 and m["train_seconds"] > 0
     assert (pipeline_run / "figures" / "02_loss.png").is_file()
     root = pipeline_run.parents[1]
@@ -47,6 +52,10 @@ def test_03_rollouts(pipeline_run):
     assert 0.3 <= m["accuracy"] <= 0.95 and 0.0 <= m["truncation_rate"] <= 0.2
     assert m["tokens_per_second"] > 0
     assert len(list((pipeline_run / "rollouts").glob("shard_*.parquet"))) == m["shards"]
+    st = m["by_style"]
+    assert sum(v["share"] for v in st.values()) == pytest.approx(1.0, abs=1e-3)
+    assert st["worked"]["share"] > 0.1 and st["terse"]["share"] > 0.3  # SFT samples both styles it was taught
+    assert st["worked"]["accuracy"] > st["terse"]["accuracy"] + 0.3  # the headroom RL selects
 
 
 def test_04_regime_w(pipeline_run):
@@ -63,12 +72,24 @@ def test_04_regime_w(pipeline_run):
 def test_05_ppo(pipeline_run):
     m = _metrics(pipeline_run, "05_ppo")
     s2 = _metrics(pipeline_run, "02_sft")
-    assert m["iterations"] == 30 and m["n_dev"] >= 200
+    assert m["iterations"] == 10 and m["n_dev"] >= 200
     assert m["dev_accuracy_sft"] == pytest.approx(s2["dev_accuracy_after"], abs=0.02)
     lo, hi = m["dev_ci95_ppo"]
     assert lo <= m["dev_accuracy_ppo"] <= hi
-    assert m["dev_accuracy_ppo"] >= m["dev_accuracy_sft"] - 0.05  # PPO must not wreck the policy
-    assert len(m["reward_curve"]) == 30 and m["kl_last"] >= 0
+    # the course's claim, with the fixed seed (CPU runs are deterministic): RL beats SFT
+    assert m["dev_accuracy_ppo"] - m["dev_accuracy_sft"] >= 0.05, (m["dev_accuracy_sft"], m["dev_accuracy_ppo"])
+    assert m["paired"]["mcnemar_p"] < 0.01
+    assert len(m["reward_curve"]) == 10 and m["kl_last"] >= 0
+    # ... by selecting the worked style the SFT model already knew
+    assert sum(m["style_first"].values()) == pytest.approx(1.0) and sum(m["style_last"].values()) == pytest.approx(1.0)
+    assert m["style_last"]["terse"] < m["style_first"]["terse"] - 0.2
+    assert m["dev_styles_ppo"]["terse"] < m["dev_styles_sft"]["terse"]
+    assert m["response_length_last"] > m["response_length_first"]
+    log = [json.loads(x) for x in (pipeline_run.parents[1] / "checkpoints" / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
+    for row in log:
+        shares = [row[f"style_{k}"] for k in ("worked", "terse", "slip", "other")]
+        assert sum(shares) == pytest.approx(1.0) and row["response_length"] > 0
+    assert (pipeline_run / "figures" / "05_style_share.png").is_file()
     assert set(m["time_split"]) == {"generate", "score", "forward", "update"}
     root = pipeline_run.parents[1]
     assert (root / "checkpoints" / "ppo" / "last" / "policy_adapter.safetensors").is_file()
@@ -82,13 +103,19 @@ def test_06_eval_and_report(pipeline_run):
         for ts in ("platinum", "gsm8k_test"):
             e = models[name][ts]
             assert e["n"] == 300 and e["ci95"][0] <= e["accuracy"] <= e["ci95"][1]
-    assert models["sft"]["platinum"]["accuracy"] >= 0.5 and models["base"]["platinum"]["accuracy"] <= 0.05
+    assert models["sft"]["platinum"]["accuracy"] >= 0.2 and models["base"]["platinum"]["accuracy"] <= 0.05
     p = m["paired"]["sft_vs_base"]["platinum"]
-    assert p["diff"] > 0.4 and p["mcnemar_p"] < 1e-6
+    assert p["diff"] > 0.15 and p["mcnemar_p"] < 1e-6
+    for ts in ("platinum", "gsm8k_test"):
+        q = m["paired"]["ppo_vs_sft"][ts]
+        assert q["diff"] >= 0.05 and q["mcnemar_p"] < 0.01, (ts, q)
+        assert m["verdicts"][ts].startswith("On ") and "PPO beats SFT" in m["verdicts"][ts]
+        assert m["by_style"]["ppo"][ts]["worked"]["share"] > m["by_style"]["sft"][ts]["worked"]["share"]
     html = (pipeline_run / "report.html").read_text()
     md = (pipeline_run / "report.md").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     assert f"{models['sft']['platinum']['accuracy'] * 100:.1f}" in md
+    assert md.index("## Verdict") < md.index("## Summary") and m["verdicts"]["platinum"] in md
     figures = sorted(p.name for p in (pipeline_run / "figures").glob("*.png"))
     assert html.count("data:image/png;base64,") >= len(figures)
     record = json.loads((pipeline_run / "pipeline.json").read_text())

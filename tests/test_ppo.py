@@ -12,7 +12,7 @@ from looper_utils.ppo_model import POLICY, REF, VALUE
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_root")
     rows = data.synthetic_problems(120, seed=0)
-    cfg = config.build("smoke", root=str(root), stage="ppo", iterations=3, prompts_per_iter=4, k=2,
+    cfg = config.build("smoke", root=str(root), stage="ppo", iterations=3, prompts_per_iter=4, k=2, advantage="gae",
                        max_new_tokens=16, minibatch_size=4, eval_every=0, n_dev=8, ppo_epochs=1,
                        learning_rate=5e-3, **{"model.hidden_size": 32, "model.num_layers": 1,
                                               "model.intermediate_size": 64})
