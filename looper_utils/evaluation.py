@@ -388,7 +388,7 @@ def outcome_counts(table: pd.DataFrame) -> dict[str, int]:
 
 
 def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed: int = 0,
-              skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
+              skipped: Mapping[str, str] | None = None, synthetic: bool = False) -> dict[str, Any]:
     """The ``06_eval.json`` metrics from ``records[model][test_set]`` (DataFrames or lists of record dicts).
 
     ``paired`` holds ``ppo_vs_sft`` (the first of ppo, ppo_best, ppo_last
@@ -435,17 +435,21 @@ def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed
             r = paired_comparison(t["correct_a"].astype(int), t["correct_b"].astype(int), n_boot=n_boot, seed=seed)
             paired.setdefault(key, {})[ts] = {k: r[k] for k in ("diff", "ci95", "mcnemar_p", "b01", "b10")}
     out = {"models": models, "paired": paired, "errors": errors, "by_steps": by_steps, "by_style": by_style}
-    out["verdicts"] = verdicts(out)
+    out["verdicts"] = verdicts(out, synthetic=synthetic)
     if skipped:
         out["skipped"] = dict(skipped)
     return out
 
 
 _SET_NAMES = {"platinum": "GSM8K-Platinum", "gsm8k_test": "the GSM8K test split", "dev": "the dev split"}
+_SYNTHETIC_SET_NAMES = {"platinum": "the synthetic Platinum split", "gsm8k_test": "the synthetic test split",
+                        "dev": "the dev split"}
 
 
-def verdicts(summary: Mapping[str, Any], alpha: float = 0.01) -> dict[str, str]:
+def verdicts(summary: Mapping[str, Any], alpha: float = 0.01, synthetic: bool = False) -> dict[str, str]:
     """One sentence per test set: PPO against SFT, the paired difference with its 95% interval and McNemar's p.
+
+    ``synthetic`` names the sets as the offline profiles' stand-ins, not as GSM8K's.
 
     >>> s = {"models": {"ppo": {"platinum": {"accuracy": 0.82, "n": 1000}}, "sft": {"platinum": {"accuracy": 0.12}}},
     ...      "paired": {"ppo_vs_sft": {"platinum": {"diff": 0.70, "ci95": [0.67, 0.73], "mcnemar_p": 1e-150}}}}
@@ -466,7 +470,8 @@ def verdicts(summary: Mapping[str, Any], alpha: float = 0.01) -> dict[str, str]:
             how = f"is not distinguishable from SFT at p < {alpha:g}"
         p_s = "p < 1e-10" if p < 1e-10 else f"p = {p:.2g}"
         n = pa.get("n")
-        out[ts] = (f"On {_SET_NAMES.get(ts, ts)}{f' ({n} problems)' if n else ''} PPO {how}: "
+        name = (_SYNTHETIC_SET_NAMES if synthetic else _SET_NAMES).get(ts, ts)
+        out[ts] = (f"On {name}{f' ({n} problems)' if n else ''} PPO {how}: "
                    f"{100 * pa.get('accuracy', float('nan')):.1f}% vs {100 * pb.get('accuracy', float('nan')):.1f}%, "
                    f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), McNemar {p_s}.")
     return out

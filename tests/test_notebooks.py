@@ -63,7 +63,9 @@ def test_04_regime_w(pipeline_run):
     r3 = _metrics(pipeline_run, "03_rollouts")
     assert m["n_completions"] == r3["n_completions"]
     assert m["grader_agreement_with_03"] == 1.0 and m["accuracy"] == pytest.approx(r3["accuracy"])
-    assert m["components"]["correct"] == pytest.approx(r3["accuracy"])
+    # correctness credit is the accuracy minus the correct answers a hacking guard blocked (rare)
+    assert m["correct_but_blocked"] <= 0.01 * m["n_completions"]
+    assert m["components"]["correct"] == pytest.approx(r3["accuracy"] - m["correct_but_blocked"] / m["n_completions"])
     assert 0.0 < m["reward_mean"] < 1.5 and m["reward_std"] > 0
     assert m["bandit"]["share_on_best_arms"] > m["bandit"]["uniform_share_on_best_arms"]
     assert set(m["guard_counts"]) >= {"several_answers", "stuffed", "empty_reasoning", "truncated"}
@@ -109,7 +111,7 @@ def test_06_eval_and_report(pipeline_run):
     for ts in ("platinum", "gsm8k_test"):
         q = m["paired"]["ppo_vs_sft"][ts]
         assert q["diff"] >= 0.05 and q["mcnemar_p"] < 0.01, (ts, q)
-        assert m["verdicts"][ts].startswith("On ") and "PPO beats SFT" in m["verdicts"][ts]
+        assert m["verdicts"][ts].startswith("On the synthetic ") and "PPO beats SFT" in m["verdicts"][ts]
         assert m["by_style"]["ppo"][ts]["worked"]["share"] > m["by_style"]["sft"][ts]["worked"]["share"]
     html = (pipeline_run / "report.html").read_text()
     md = (pipeline_run / "report.md").read_text()
