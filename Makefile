@@ -12,7 +12,10 @@ ARGS   ?=
 WHEEL_PY   ?= 3.11
 WHEEL_PLAT ?= manylinux_2_28_x86_64
 
-.PHONY: run test lab bench wheelhouse venv clean-runs
+KERNEL ?= looper-math
+PORT   ?= 8888
+
+.PHONY: run test lab kernel bench wheelhouse venv clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +32,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+# A named kernel ("Python (looper-math)") for this venv, for any Jupyter on the box (e.g. a Lambda
+# instance's own JupyterLab): Kernel > Change Kernel > Python (looper-math).
+kernel: $(STAMP)
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python ($(KERNEL))"
+
+lab: kernel
+	@echo "JupyterLab on port $(PORT) of this machine, kernel 'Python ($(KERNEL))'."
+	@echo "From a laptop: ssh -N -L $(PORT):localhost:$(PORT) <user>@<this machine's address>"
+	@echo "then open the http://localhost:$(PORT)/lab?token=... address printed below."
+	$(BIN)/jupyter lab notebooks/ --no-browser --ip=127.0.0.1 --port=$(PORT) \
+	  --MappingKernelManager.default_kernel_name=$(KERNEL)
 
 bench: $(STAMP)
 	$(BIN)/python bench/scoring.py

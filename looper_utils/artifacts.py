@@ -191,6 +191,27 @@ def require(path: Path, notebook: str) -> Path:
     return path
 
 
+PROGRESS_MARK = "» "  # lines that start with it are streamed by the pipeline as they are printed
+
+
+def progress_line(what: str, done: int, total: int, started: float, note: str = "") -> str:
+    """One progress line: what, how far, time elapsed and an estimate of the time left.
+
+    ``started`` is a ``time.perf_counter()`` reading taken when the work began.
+
+    >>> import time
+    >>> line = progress_line("ppo iteration", 2, 8, time.perf_counter() - 10.0, "reward 0.81")
+    >>> line.startswith(PROGRESS_MARK + "ppo iteration 2/8: 10 s elapsed, about 30 s left"), line.endswith("reward 0.81")
+    (True, True)
+    """
+    import time
+
+    elapsed = time.perf_counter() - started
+    left = elapsed / done * (total - done) if done else float("nan")
+    eta = "" if left != left else f", about {left:.0f} s left"
+    return f"{PROGRESS_MARK}{what} {done}/{total}: {elapsed:.0f} s elapsed{eta}" + (f" · {note}" if note else "")
+
+
 class Timer:
     """Wall-clock sections: ``with t.section('generate'): ...``; ``t.totals``."""
 

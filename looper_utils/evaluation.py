@@ -36,6 +36,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from .answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
-from .artifacts import MissingInputError, check_manifest, require
+from .artifacts import MissingInputError, check_manifest, progress_line, require
 from .shards import n_shards, shard_path, write_missing
 from .config import Config
 from .data import COMPLETION_STYLES, completion_style, count_steps, data_files, read_jsonl
@@ -290,7 +291,7 @@ def _free_memory() -> None:
 
 
 def _evaluate_model(cfg: Config, spec: ModelSpec, sets: dict[str, list[dict]], device, progress: bool,
-                    log: Callable[[str], None]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, float]]]:
+                    log: Callable[[str], None], counter: list | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, float]]]:
     """One model on every test set; the model is loaded only if some shard is missing, and dies with this frame."""
     from .generation import generate
     from .prompts import CHAT_INSTRUCTION, PLAIN_PROMPT, build_prompt, completion_starts_in_think
@@ -323,6 +324,11 @@ def _evaluate_model(cfg: Config, spec: ModelSpec, sets: dict[str, list[dict]], d
             backend=cfg.rollouts.backend)
         records[ts], speed[ts] = evaluate_set(rows, fn, outs[ts], shard_size=e.shard_size, seed=cfg.seed,
                                               think=think, manifest=manifest, log=log)
+        if counter is not None:
+            counter[0] += 1
+            acc = float(records[ts]["correct"].astype(float).mean()) if len(records[ts]) else float("nan")
+            log(progress_line(f"eval {spec.name} on {ts}, set", counter[0], counter[1], counter[2],
+                              f"accuracy {acc:.3f} (n={len(records[ts])})"))
     del model, tokenizer  # the closures' last references: the caller's gc.collect() can free the weights
     return records, speed
 
@@ -336,6 +342,7 @@ def run(cfg: Config, device=None, *, progress: bool = True, log: Callable[[str],
     device = device or resolve_device(cfg.device)
     set_cpu_threads(cfg.model.cpu_threads, device)  # load_ppo_policy does not set it; a PPO-only run needs it too
     result = EvalResult(models=specs)
+    counter = [0, sum(s.available for s in specs) * len(sets), time.perf_counter()]  # sets done, total, start
     for spec in specs:
         if not spec.available:
             result.skipped[spec.name] = spec.note
@@ -343,7 +350,7 @@ def run(cfg: Config, device=None, *, progress: bool = True, log: Callable[[str],
             continue
         try:
             result.records[spec.name], result.speed[spec.name] = _evaluate_model(cfg, spec, sets, device,
-                                                                                  progress, log)
+                                                                                  progress, log, counter)
         finally:
             _free_memory()  # the model went out of scope with _evaluate_model's frame
     return result

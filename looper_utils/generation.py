@@ -93,7 +93,7 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens
     GPU), falling back to ``hf`` for models it does not support. Pass an
     ``engine.Engine`` as ``engine`` to keep its cache and CUDA graphs across calls.
     """
-    from tqdm import tqdm  # plain bars: tqdm.auto needs ipywidgets inside notebooks
+    from tqdm.auto import tqdm  # a widget in a notebook (ipywidgets is a dependency), a plain bar elsewhere
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1, max_new_tokens >= 1, batch_size >= 1 (got {n}, {max_new_tokens}, "

@@ -28,11 +28,46 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifacts import STAGES, ProjectBusyError, atomic_write_json, check_run_id, project_lock, read_json
+from .artifacts import (PROGRESS_MARK, STAGES, ProjectBusyError, atomic_write_json, check_run_id, project_lock,
+                        read_json)
 from .config import PROFILES, find_project_root
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+# The kernel's own start-up log (a warning that it listens on local TCP without encryption, on every
+# start) is noise in a batch log; its errors still show.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+
+class ProgressLines:
+    r"""A ``stdout_file`` for papermill that passes on the progress lines a notebook prints.
+
+    Long stages print one line per SFT logging step, PPO iteration and
+    evaluation set, starting with ``artifacts.PROGRESS_MARK``; the pipeline
+    streams those (and nothing else of a notebook's output) as they come.
+
+    >>> seen = []
+    >>> p = ProgressLines("05_ppo", seen.append)
+    >>> _ = p.write("a table\n" + PROGRESS_MARK + "ppo 1/10, 3 s elapsed"), p.write(", about 27 s left\n")
+    >>> seen
+    ['[05_ppo] ppo 1/10, 3 s elapsed, about 27 s left']
+    """
+
+    def __init__(self, stage: str, log) -> None:
+        self.stage, self.log, self.buf = stage, log, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.startswith(PROGRESS_MARK):
+                self.log(f"[{self.stage}] {line[len(PROGRESS_MARK):]}")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class StageFailed(RuntimeError):
@@ -102,8 +137,41 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _summary(metrics: dict[str, Any], limit: int = 8) -> str:
-    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+def _summary(metrics: dict[str, Any], stage: str = "", limit: int = 8) -> str:
+    """The stage's key result in one line (its first plain metrics for a stage it does not know).
+
+    >>> _summary({"dev_accuracy_sft": 0.37, "dev_accuracy_ppo": 0.7533, "iterations": 10,
+    ...           "paired": {"diff": 0.3833, "mcnemar_p": 2.1e-25}}, "05_ppo")
+    'dev accuracy SFT 0.370 -> PPO 0.753 (+38.3 points, McNemar p 2.1e-25), 10 iterations'
+    """
+    m = metrics
+
+    def f(key: str, fmt: str = "{:.3f}") -> str:
+        v = m.get(key)
+        return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+    if stage == "01_data" and isinstance(m.get("rows"), dict):
+        return ", ".join(f"{k} {v}" for k, v in m["rows"].items()) + f" ({m.get('source')}; teacher {m.get('teacher')})"
+    if stage == "02_sft":
+        return f"dev accuracy {f('dev_accuracy_before')} -> {f('dev_accuracy_after')} after {f('train_steps', '{}')} " \
+               f"steps in {f('train_seconds', '{:.0f}')} s"
+    if stage == "03_rollouts" and isinstance(m.get("pass_at_k"), dict) and m["pass_at_k"]:
+        k = max(m["pass_at_k"], key=int)
+        return f"pass@1 {f('accuracy')}, pass@{k} {m['pass_at_k'][k]:.3f}, maj@{m.get('k')} {f('maj_at_k')}, " \
+               f"{f('tokens_per_second', '{:,.0f}')} tokens/s"
+    if stage == "04_regime_w":
+        return f"reward {f('reward_mean')} +- {f('reward_std')}, accuracy {f('accuracy')}, {f('blocked', '{}')} blocked"
+    if stage == "05_ppo":
+        p = m.get("paired") if isinstance(m.get("paired"), dict) else {}
+        gain = f" ({100 * p['diff']:+.1f} points, McNemar p {p['mcnemar_p']:.2g})" if {"diff", "mcnemar_p"} <= set(p) else ""
+        return f"dev accuracy SFT {f('dev_accuracy_sft')} -> PPO {f('dev_accuracy_ppo')}{gain}, " \
+               f"{f('iterations', '{}')} iterations"
+    if stage == "06_eval" and isinstance(m.get("verdicts"), dict) and m["verdicts"]:
+        return " ".join(m["verdicts"].values())
+    if stage == "06_eval" and isinstance(m.get("models"), dict):
+        return "; ".join(f"{name} " + ", ".join(f"{ts} {r.get('accuracy', float('nan')):.3f}" for ts, r in per.items())
+                         for name, per in m["models"].items() if isinstance(per, dict))
+    items = [(k, v) for k, v in m.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items[:limit]]
     return ", ".join(parts)
 
@@ -208,9 +276,11 @@ def _run_stages(profile: str, have: list[str], run_id: str, seed: int, root: Pat
         out_nb = run_dir / f"{stage}.ipynb"
         log(f"[{stage}] running ...")
         t0, started = time.perf_counter(), time.time()
+        progress = ProgressLines(stage, log)
         try:
             pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(out_nb), parameters=nb_params,
-                                cwd=str(nb_dir), progress_bar=False, log_output=False, kernel_name="python3")
+                                cwd=str(nb_dir), progress_bar=False, log_output=False, kernel_name="python3",
+                                stdout_file=progress, extra_arguments=KERNEL_ARGS)
         except PapermillExecutionError as exc:
             secs = time.perf_counter() - t0
             record["stages"][stage] = {"seconds": round(secs, 1), "status": "failed"}
@@ -222,11 +292,15 @@ def _run_stages(profile: str, have: list[str], run_id: str, seed: int, root: Pat
                                    "end": round(time.time(), 1)}
         atomic_write_json(record_path, record)
         mpath = run_dir / "metrics" / f"{stage}.json"
-        summary = _summary(read_json(mpath)) if mpath.is_file() else "(no metrics written)"
+        summary = _summary(read_json(mpath), stage) if mpath.is_file() else "(no metrics written)"
         log(f"[{stage}] ok in {secs:.1f}s: {summary}")
     record["seconds_total"] = round(sum(s["seconds"] for s in record["stages"].values()), 1)
     atomic_write_json(record_path, record)
     report = run_dir / "report.html"
+    if report.is_file():  # 06 built it before its own wall time was known: rebuild with every stage's time
+        from .report import build_report
+
+        build_report(run_dir)
     log(f"done in {record['seconds_total']:.0f}s. Outputs: {run_dir}"
         + (f"\nreport: {report}" if report.is_file() else ""))
     return record

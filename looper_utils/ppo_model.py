@@ -76,7 +76,10 @@ class PolicyValue(nn.Module):
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
         if cfg.ppo.gradient_checkpointing:
             # activations of an 8B model over a minibatch of long sequences do not fit otherwise
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers' name from 5.2x on
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = model.config.hidden_size
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)

@@ -183,7 +183,7 @@ def _data(m: dict) -> tuple[str, list, set]:
         blocks.append(Table(["split"] + splits, [["rows"] + [_num(rows.get(s)) for s in splits],
                                                  ["mean calculation steps"] + [_num(steps.get(s)) for s in splits]]))
     for key, title in (("platinum_status_counts", "GSM8K-Platinum status"), ("overlap", "Overlap between splits")):
-        if isinstance(m.get(key), dict):
+        if isinstance(m.get(key), dict) and m[key]:  # synthetic data has no Platinum status: no empty table
             blocks += [Para(f"{title}:"), _dict_table(m[key], key)]
     summary = " · ".join(f"{s} {_num(rows[s])}" for s in rows)
     if m.get("source"):
@@ -408,9 +408,29 @@ def _read_all(folder: Path, problems: list[str]) -> dict[str, Any]:
     return out
 
 
+FIGURE_CAPTIONS = {
+    "01_steps.png": "Calculation steps per solution, share of each split",
+    "01_gold_magnitude.png": "Size of the answers (|gold|), per split",
+    "02_loss.png": "SFT loss per completion token over optimizer steps",
+    "03_pass_at_k.png": "pass@k of the SFT policy: problems solved by at least one of k samples",
+    "03_lengths_finish.png": "Completion length by correctness, and why sampling stopped",
+    "04_bandit.png": "Bandit simulation: where each algorithm sends the prompts",
+    "04_reward_per_arm.png": "Reward per arm",
+    "05_ppo_curves.png": "PPO training curves: reward, accuracy, KL, entropy, clipping, prompts per arm",
+    "05_style_share.png": "Style of the sampled completions over PPO iterations, beside accuracy",
+    "05_time_split.png": "Where PPO's time went",
+    "06_accuracy.png": "Accuracy per model and test set, 95% bootstrap intervals",
+    "06_paired_ppo_vs_sft.png": "PPO vs SFT on the same questions",
+    "06_error_categories.png": "Outcome of every question, per model and test set",
+    "06_accuracy_by_steps.png": "Accuracy by number of calculation steps",
+}
+
+
 def _caption(path: Path, stage: str | None, captions: dict) -> str:
     if path.name in captions:
         return str(captions[path.name])
+    if path.name in FIGURE_CAPTIONS:
+        return FIGURE_CAPTIONS[path.name]
     stem = path.stem
     for prefix in ([stage + "_"] if stage else []) + [stem[:3]]:
         if re.fullmatch(r"\d\d_", stem[:3]) and stem.startswith(prefix):
@@ -551,7 +571,7 @@ def _stage_blocks(run: _Run, rendered: dict) -> list:
             blocks += rendered[stage][1]
             extra = _leftovers(m, rendered[stage][2])
             if extra:
-                blocks += [Para("Other metrics:"), Table(["key", "value"], extra)]
+                blocks.append(Details(f"Other metrics ({len(extra)})", [Table(["key", "value"], extra)]))
         elif stage:
             blocks.append(Table(["key", "value"], [["(value)", _num(m)]]))
         for f in by_stage.get(stage, []):

@@ -41,7 +41,7 @@ import torch
 
 from . import config as config_mod
 from .answers import extract_answer, is_correct
-from .artifacts import atomic_write_json, explain_disk_full, make_shareable, read_json
+from .artifacts import atomic_write_json, explain_disk_full, make_shareable, progress_line, read_json
 from .data import rows_digest
 from .generation import GenerationResult, generate
 from .modeling import apply_lora, count_params, quiet_progress, resolve_device, save_checkpoint, sft_dir
@@ -264,6 +264,25 @@ def _resume_plan(trainer, resume: str | None) -> tuple[str | None, bool]:
     return resume, True
 
 
+def _progress_lines():
+    """A Trainer callback printing one ``artifacts.progress_line`` per logging step (the pipeline streams them)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class ProgressLines(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0 = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and state.max_steps:
+                note = f"loss {logs['loss']:.4f}" + (f", resumed at step {self.step0}" if self.step0 else "")
+                print(progress_line("sft step", state.global_step - self.step0, state.max_steps - self.step0,
+                                    self.t0, note), flush=True)
+
+    return ProgressLines()
+
+
 def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], *,
               device: torch.device | None = None, output_dir: Path | None = None,
               progress: bool = True) -> SFTResult:
@@ -295,7 +314,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
         atomic_write_json(work / "looper_signature.json", signature)
         with quiet_progress():
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=[_share_checkpoints()])
+                                 callbacks=[_share_checkpoints(), _progress_lines()])
             resume, finished = _resume_plan(trainer, resume)
             seconds = 0.0 if finished else \
                 float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
