@@ -14,7 +14,8 @@ import _tiny
 import pytest
 import torch
 
-from looper_utils import artifacts, config, data, modeling, pipeline, ppo, ppo_resume, sft
+from looper_utils import (artifacts, config, data, evaluation, generation, modeling, pipeline, ppo, ppo_resume,
+                          rollouts, sft)
 
 CPU = torch.device("cpu")
 
@@ -286,6 +287,14 @@ def _ppo(cfg, train, dev):
     return ppo.PPOTrainer(cfg, train, dev, progress=False)
 
 
+def _retrain_sft(cfg):
+    """02 run again into the same folder: other weights, same path."""
+    model, tok = modeling.load_checkpoint(modeling.sft_dir(cfg), CPU)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=1)
+
+
 class _Crafted:
     """Unpickling this runs code: it writes a marker file."""
 
@@ -376,3 +385,76 @@ def test_a_stop_while_saving_leaves_no_gap_in_the_ppo_log(ppo_root, tmp_path, mo
     assert [h["iteration"] for h in hist] == [1, 2, 3]
     log = (ppo.ppo_dir(cfg) / ppo.LOG_NAME).read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in log] == [1, 2, 3]
+
+
+# ---- runs that must not cross ----------------------------------------------------------------
+
+def test_a_fresh_ppo_run_sets_the_old_best_aside_and_06_scores_its_last(ppo_root, tmp_path):
+    cfg, train, dev = _project(ppo_root, tmp_path, iterations=1, eval_every=1)
+    _ppo(cfg, train, dev).train()
+    out = ppo.ppo_dir(cfg)
+    old_best = (out / "best" / "policy_adapter.safetensors").read_bytes()
+    fresh = cfg.override(stage="ppo", resume=False, eval_every=0)
+    with pytest.warns(UserWarning, match=r"holds an earlier PPO run that this one does not continue \(resume=False\)"):
+        _ppo(fresh, train, dev).train()
+    assert not (out / "best").exists() and (out / "last").is_dir()
+    aside = out.with_name("ppo.previous")
+    assert (aside / "best" / "policy_adapter.safetensors").read_bytes() == old_best  # kept
+    ecfg = cfg.override(stage="eval")
+    assert evaluation.resolve_models(ecfg, ["ppo"])[0].path == out / "last"
+    # a best that another PPO run wrote (here: put back by hand, its signature another seed's) is not used
+    shutil.copytree(aside / "best", out / "best")
+    sig_file = out / "best" / ppo_resume.SIGNATURE_NAME
+    same = sig_file.read_text()
+    sig_file.write_text(json.dumps(dict(json.loads(same), seed=99)))
+    spec = evaluation.resolve_models(ecfg, ["ppo"])[0]
+    assert spec.path == out / "last" and spec.available
+    assert f"{out / 'best'} was not written by the PPO run of {out / 'last'}" in spec.note
+    sig_file.write_text(same)
+    assert evaluation.resolve_models(ecfg, ["ppo"])[0].path == out / "best"
+
+
+def test_eval_records_name_the_exact_weights_they_scored(ppo_root, tmp_path):
+    cfg, _, dev = _project(ppo_root, tmp_path)
+    data.write_jsonl(data.data_files(cfg.data_dir)["platinum"], dev[:4])
+    ecfg = cfg.override(stage="eval", run_id="e", models="sft", test_sets="platinum", max_new_tokens=4,
+                        shard_size=2, batch_size=4)
+    adapter = ppo.ppo_dir(cfg) / "last" / "policy_adapter.safetensors"
+    adapter.parent.mkdir(parents=True)
+    adapter.write_bytes(b"the same PPO adapter before and after")
+    ppo_spec = evaluation.resolve_models(ecfg, ["ppo"])[0]
+    ppo_before = evaluation._fingerprint(ppo_spec, ecfg)
+    res = evaluation.run(ecfg, progress=False, log=lambda *_: None)
+    digest = modeling.weights_digest(modeling.sft_dir(cfg))
+    assert set(res.records["sft"]["platinum"]["weights"]) == {digest}
+    assert evaluation.summarize(res.records, n_boot=50)["models"]["sft"]["platinum"]["weights"] == digest
+    _retrain_sft(cfg)
+    with pytest.raises(ValueError, match=r"made with other settings \{'weights': \('" + digest):
+        evaluation.run(ecfg, progress=False, log=lambda *_: None)
+    # a PPO policy is named together with the SFT weights under its adapter
+    assert evaluation._fingerprint(ppo_spec, ecfg) != ppo_before
+    assert evaluation._fingerprint(ppo_spec, ecfg) == modeling.weights_digest(modeling.sft_dir(cfg), adapter)
+
+
+def _fake_sampler(chunk, shard_seed):
+    samples = [generation.Sample(i, 0, "#### 1", [1], [2], 1, "eos") for i in range(len(chunk))]
+    return generation.GenerationResult(samples=samples, seconds=0.01, n_new_tokens=len(samples))
+
+
+def test_rollouts_of_a_retrained_sft_model_are_not_added_to_the_old_ones(ppo_root, tmp_path):
+    cfg, train, _ = _project(ppo_root, tmp_path)
+    cfg = cfg.override(stage="rollouts", k=1)
+    out = rollouts.rollout_dir(cfg.run_dir)
+    kw = dict(shard_size=2, seed=0, think=False, log=lambda *_: None)
+    first = rollouts.manifest(cfg)
+    assert first["policy_weights"] == modeling.weights_digest(modeling.sft_dir(cfg))
+    rollouts.collect(train[:4], _fake_sampler, out, manifest=first, **kw)
+    (out / "shard_00001.parquet").unlink()  # a run stopped after its first shard
+    _retrain_sft(cfg)
+    second = rollouts.manifest(cfg)
+    assert second["policy"] == first["policy"] and second["policy_weights"] != first["policy_weights"]
+    with pytest.raises(ValueError, match=r"made with other settings \{'policy_weights'"):
+        rollouts.collect(train[:4], _fake_sampler, out, manifest=second, **kw)
+    assert [p.name for p in out.glob("shard_*")] == ["shard_00000.parquet"]
+    df, _ = rollouts.collect(train[:4], _fake_sampler, out, manifest=first, **kw)  # the same weights resume
+    assert len(df) == 4
