@@ -66,8 +66,7 @@ def main() -> None:
     t0 = time.time()
     if "data" in stages:
         prep = data.prepare_splits(cfg.data, cfg.seed)
-        for split, rows in prep["splits"].items():
-            data.write_jsonl(files[split], rows)
+        data.write_splits(cfg.data_dir, prep["splits"], run_id="teacher-mix", profile=cfg.profile)
     train, dev = data.read_jsonl(files["train"]), data.read_jsonl(files["dev"])[:cfg.ppo.n_dev]
     print("teacher", Counter(r.get("teacher_style") for r in train), flush=True)
     device = modeling.resolve_device(cfg.device)

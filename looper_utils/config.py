@@ -511,11 +511,126 @@ def _parse_teacher(spec: str) -> dict[str, float]:
     return parse_teacher(spec)
 
 
+MAX_SEED = 2**32 - 1  # what every generator the stages seed accepts (numpy takes no negative seed)
+
+# (key, allowed range in words, test). Checked before a stage writes anything: a bad value must stop the
+# run before it overwrites data/ or a checkpoint (epochs=0 used to replace a trained SFT model with the
+# untrained base, n_train=-1000 to write an empty data/).
+_RANGES: list[tuple[str, str, Any]] = [
+    ("seed", f"a whole number from 0 to {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
+    ("data.dev_fraction", "between 0 and 1, both excluded", lambda v: 0.0 < v < 1.0),
+    ("data.split_seed", f"a whole number from 0 to {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
+    ("data.max_value", ">= 2", lambda v: v >= 2),
+    ("model.tokenizer_vocab", ">= 1", lambda v: v >= 1),
+    ("model.hidden_size", ">= 1", lambda v: v >= 1),
+    ("model.num_layers", ">= 1", lambda v: v >= 1),
+    ("model.num_heads", ">= 1", lambda v: v >= 1),
+    ("model.num_kv_heads", ">= 1", lambda v: v >= 1),
+    ("model.intermediate_size", ">= 1", lambda v: v >= 1),
+    ("model.max_position", ">= 1", lambda v: v >= 1),
+    ("model.lora_r", ">= 1", lambda v: v >= 1),
+    ("model.lora_alpha", "> 0", lambda v: v > 0),
+    ("model.lora_dropout", "from 0 up to, not including, 1", lambda v: 0.0 <= v < 1.0),
+    ("model.init_std", ">= 0 (0 picks the small init)", lambda v: v >= 0),
+    ("model.cpu_threads", ">= 0 (0 keeps torch's default)", lambda v: v >= 0),
+    ("sft.learning_rate", "> 0", lambda v: v > 0),
+    ("sft.batch_size", ">= 1", lambda v: v >= 1),
+    ("sft.grad_accum", ">= 1", lambda v: v >= 1),
+    ("sft.max_length", ">= 1", lambda v: v >= 1),
+    ("sft.warmup_ratio", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("sft.weight_decay", ">= 0", lambda v: v >= 0),
+    ("sft.n_train", ">= 0 (0 = every training row)", lambda v: v >= 0),
+    ("sft.n_dev_eval", ">= 0", lambda v: v >= 0),
+    ("sft.max_new_tokens", ">= 1", lambda v: v >= 1),
+    ("sft.eval_batch_size", ">= 1", lambda v: v >= 1),
+    ("sft.logging_steps", ">= 1", lambda v: v >= 1),
+    ("sft.save_steps", ">= 1", lambda v: v >= 1),
+    ("rollouts.k", ">= 1", lambda v: v >= 1),
+    ("rollouts.n_problems", ">= 0 (0 = every training problem)", lambda v: v >= 0),
+    ("rollouts.temperature", ">= 0 (0 is greedy)", lambda v: v >= 0),
+    ("rollouts.top_p", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("rollouts.top_k", ">= 0 (0 = no top-k cut)", lambda v: v >= 0),
+    ("rollouts.max_new_tokens", ">= 1", lambda v: v >= 1),
+    ("rollouts.batch_size", ">= 1", lambda v: v >= 1),
+    ("rollouts.shard_size", ">= 1", lambda v: v >= 1),
+    ("bandit.window", ">= 1", lambda v: v >= 1),
+    ("bandit.exp3_gamma", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("bandit.ucb_c", ">= 0", lambda v: v >= 0),
+    ("bandit.sim_rounds", ">= 1", lambda v: v >= 1),
+    ("bandit.thompson_discount", "between 0 (excluded) and 1", lambda v: 0.0 < v <= 1.0),
+    ("bandit.max_arms", ">= 1", lambda v: v >= 1),
+    ("bandit.min_arm_size", ">= 1", lambda v: v >= 1),
+    ("bandit.pass_rate_bins", ">= 1", lambda v: v >= 1),
+    ("ppo.iterations", ">= 1", lambda v: v >= 1),
+    ("ppo.prompts_per_iter", ">= 1", lambda v: v >= 1),
+    ("ppo.k", ">= 1", lambda v: v >= 1),
+    ("ppo.learning_rate", "> 0", lambda v: v > 0),
+    ("ppo.value_learning_rate", "> 0", lambda v: v > 0),
+    ("ppo.kl_coef", ">= 0", lambda v: v >= 0),
+    ("ppo.clip_range", "> 0", lambda v: v > 0),
+    ("ppo.value_clip", "> 0", lambda v: v > 0),
+    ("ppo.gamma", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("ppo.lam", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("ppo.ppo_epochs", ">= 1", lambda v: v >= 1),
+    ("ppo.minibatch_size", ">= 1", lambda v: v >= 1),
+    ("ppo.ent_coef", ">= 0", lambda v: v >= 0),
+    ("ppo.max_grad_norm", "> 0", lambda v: v > 0),
+    ("ppo.temperature", ">= 0 (0 is greedy)", lambda v: v >= 0),
+    ("ppo.max_new_tokens", ">= 1", lambda v: v >= 1),
+    ("ppo.lora_r", ">= 1", lambda v: v >= 1),
+    ("ppo.lora_alpha", "> 0", lambda v: v > 0),
+    ("ppo.eval_every", ">= 0 (0 = no dev evaluation during training)", lambda v: v >= 0),
+    ("ppo.n_dev", ">= 0 (0 = every dev problem)", lambda v: v >= 0),
+    ("ppo.save_every", ">= 1", lambda v: v >= 1),
+    ("eval.n_eval", ">= 0 (0 = every problem)", lambda v: v >= 0),
+    ("eval.maj_k", ">= 1", lambda v: v >= 1),
+    ("eval.temperature", ">= 0 (0 is greedy)", lambda v: v >= 0),
+    ("eval.top_p", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
+    ("eval.max_new_tokens", ">= 1", lambda v: v >= 1),
+    ("eval.batch_size", ">= 1", lambda v: v >= 1),
+    ("eval.shard_size", ">= 1", lambda v: v >= 1),
+    ("eval.n_bootstrap", ">= 1", lambda v: v >= 1),
+]
+# the synthetic generator's sizes; real GSM8K ignores them
+_SYNTHETIC_SIZES = ("data.n_train", "data.n_dev", "data.n_test", "data.n_platinum")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def range_problems(cfg: Config) -> list[str]:
+    """One sentence per value out of its range, naming the key and the range allowed.
+
+    >>> range_problems(replace(smoke(), ppo=replace(smoke().ppo, iterations=0, learning_rate=-1.0)))
+    ['ppo.iterations=0 is out of range: it must be >= 1', 'ppo.learning_rate=-1.0 is out of range: it must be > 0']
+    """
+    out = []
+    ranges = list(_RANGES)
+    if cfg.data.source == "synthetic":
+        ranges += [(k, ">= 1 for synthetic data", lambda v: v >= 1) for k in _SYNTHETIC_SIZES]
+    for key, allowed, ok in ranges:
+        value = _get(cfg, key)
+        # NaN fails every comparison, so it is reported like any value out of range
+        if not ok(value):
+            out.append(f"{key}={value!r} is out of range: it must be {allowed}")
+    s = cfg.sft
+    if not (s.max_steps > 0 or s.epochs > 0):
+        out.append(f"sft.epochs={s.epochs!r} with sft.max_steps={s.max_steps!r} trains nothing: sft.epochs must be "
+                   "> 0, or sft.max_steps > 0 to stop after that many steps")
+    return out
+
+
 def _validate(cfg: Config) -> None:
+    problems = range_problems(cfg)
+    if problems:
+        raise ValueError("; ".join(problems) + ". Fix the parameter (-p key=value, or the profile file)")
     checks = [
         (cfg.profile in PROFILES, f"profile must be one of {PROFILES}"),
         (cfg.data.source in ("synthetic", "gsm8k"), "data.source must be 'synthetic' or 'gsm8k'"),
-        (0.0 < cfg.data.dev_fraction < 1.0, "data.dev_fraction must be in (0, 1)"),
         (1 <= cfg.data.min_steps <= cfg.data.max_steps, "need 1 <= data.min_steps <= data.max_steps"),
         (_parse_teacher(cfg.data.teacher) == {"worked": 1.0} or cfg.data.source == "synthetic",
          "data.teacher applies to synthetic data only: real GSM8K keeps its own solutions (use teacher='worked:1')"),
@@ -523,13 +638,11 @@ def _validate(cfg: Config) -> None:
          "model.quantization must be none, bf16, 4bit or auto"),
         (cfg.model.prompt_style in ("chat", "plain"), "model.prompt_style must be 'chat' or 'plain'"),
         (cfg.rollouts.backend in ("hf", "engine"), "rollouts.backend must be hf or engine"),
-        (cfg.rollouts.k >= 1 and cfg.ppo.k >= 1, "k must be >= 1"),
         (cfg.bandit.algorithm in ("thompson", "ucb1", "exp3", "uniform"),
          "bandit.algorithm must be thompson, ucb1, exp3 or uniform"),
         (cfg.bandit.arms in ("difficulty", "pass_rate"), "bandit.arms must be difficulty or pass_rate"),
         (cfg.ppo.advantage in ("gae", "group"), "ppo.advantage must be 'gae' or 'group'"),
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-        (cfg.eval.maj_k >= 1, "eval.maj_k must be >= 1"),
         (all(t in ("platinum", "gsm8k_test", "dev") for t in cfg.eval.test_sets),
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
     ]

@@ -35,17 +35,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import random
 import re
+import shutil
+import tempfile
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .answers import normalize_number
-from .artifacts import atomic_write_text
+from .artifacts import atomic_write_json, atomic_write_text, explain_disk_full, read_json
 
 FIELDS = ("id", "question", "answer", "gold")
 SPLITS = ("train", "dev", "test", "platinum")
+MANIFEST = "manifest.json"  # in data/: which run wrote the four splits, and each file's digest
+MAX_GOLD_DIGITS = 15  # GSM8K's longest answer has 9 digits; floats hold 15 exactly
 _ANNOT_RE = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 _FINAL_RE = re.compile(r"^\s*####\s*(.+?)\s*$", re.M)
 PLATINUM_KEEP = ("consensus", "verified", "revised")  # the dataset card's kept statuses
@@ -64,8 +71,12 @@ def data_files(data_dir: Path) -> dict[str, Path]:
     ['dev', 'platinum', 'test', 'train']
     """
     d = Path(data_dir)
-    return {"train": d / "gsm8k_train.jsonl", "dev": d / "gsm8k_dev.jsonl",
-            "test": d / "gsm8k_test.jsonl", "platinum": d / "gsm8k_platinum_test.jsonl"}
+    return {split: d / name for split, name in _SPLIT_NAMES_BY_SPLIT.items()}
+
+
+_SPLIT_NAMES_BY_SPLIT = {"train": "gsm8k_train.jsonl", "dev": "gsm8k_dev.jsonl", "test": "gsm8k_test.jsonl",
+                         "platinum": "gsm8k_platinum_test.jsonl"}
+_SPLIT_NAMES = frozenset(_SPLIT_NAMES_BY_SPLIT.values())
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
@@ -74,36 +85,227 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(Path(path), text)
 
 
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file; any other encoding stops with the line, byte offset and fix."""
+    with open(path, "rb") as fh:
+        if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); JSONL must be "
+                            f"UTF-8: convert it, e.g. `iconv -f UTF-16 -t UTF-8 {path} > converted.jsonl`")
+        fh.seek(0)
+        offset = 0
+        for lineno, raw in enumerate(fh, start=1):
+            if b"\x00" in raw:  # UTF-16 without a byte-order mark decodes as UTF-8 with a NUL in every other byte
+                raise DataError(f"{path}:{lineno}: NUL byte at byte offset {offset + raw.index(0)}: the file "
+                                "looks UTF-16 (or binary); JSONL must be UTF-8: convert it, e.g. "
+                                f"`iconv -f UTF-16LE -t UTF-8 {path} > converted.jsonl`")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset "
+                                f"{offset + exc.start}); JSONL must be UTF-8: convert the file, e.g. "
+                                f"`iconv -f WINDOWS-1252 -t UTF-8 {path} > converted.jsonl` if it was saved as "
+                                "Latin-1 / Windows-1252") from None
+            offset += len(raw)
+            # a UTF-8 byte-order mark (some Windows editors write one) is no part of the data
+            yield lineno, text.removeprefix("\ufeff") if lineno == 1 else text
+
+
+def _absurd_number(text: str) -> str | None:
+    """Why ``text``, read as a number, is a corrupt answer rather than a wrong one: it is not finite or
+    absurdly long. None for a sensible number and for text that is no number at all."""
+    t = str(text).strip()
+    if re.fullmatch(r"[-+]?(?:inf(?:inity)?|nan)", t, re.I):
+        return f"gold {t!r} is not a finite number"
+    core = re.sub(r"[\s$€£%,]", "", t).rstrip(".")
+    if not re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", core):
+        return None
+    shown = t if len(t) <= 24 else f"{t[:20]}..."
+    digits = sum(c.isdigit() for c in core.split("e")[0].split("E")[0])
+    if digits > MAX_GOLD_DIGITS:
+        return (f"gold {shown!r} has {digits} digits (at most {MAX_GOLD_DIGITS}; GSM8K's longest answer has 9), "
+                "so the row is corrupt")
+    if not math.isfinite(float(core)):
+        return f"gold {shown!r} is not a finite number"
+    return None
+
+
+def gold_problem(gold: Any) -> str | None:
+    """Why ``gold`` cannot be a problem's answer, or None when it can.
+
+    >>> gold_problem("1,005") is None, gold_problem("three")
+    (True, "gold 'three' is not a number")
+    >>> gold_problem(float("inf"))
+    "gold 'inf' is not a finite number"
+    >>> gold_problem("9" * 4000)
+    "gold '99999999999999999999...' has 4000 digits (at most 15; GSM8K's longest answer has 9), so the row is corrupt"
+    """
+    bad = _absurd_number(str(gold))
+    if bad:
+        return bad
+    if normalize_number(str(gold)) is None:
+        return f"gold {str(gold)!r} is not a number"
+    return None
+
+
+def _read_rows(path: Path, required: tuple[str, ...], check_gold: bool) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of every row of a JSONL file, validated (see ``read_jsonl``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; run notebooks/01_data.ipynb first")
+    out = []
+    first_line: dict[str, int] = {}
+    for lineno, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: bad JSON ({exc.msg} at column {exc.colno}); "
+                            "fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; every row needs "
+                            f"{', '.join(required)}")
+        if check_gold and "gold" in required:
+            bad = gold_problem(row["gold"])
+            if bad:
+                raise DataError(f"{path}:{lineno}: {bad}; gold must be the number after '####' in the answer")
+        if "id" in row:  # two rows with one id would share records, shards and resume state downstream
+            key = str(row["id"])
+            if key in first_line:
+                raise DataError(f"{path}:{lineno}: id {key!r} is used again (first at {path}:{first_line[key]}); "
+                                "every row needs its own id: delete the duplicate row or give it a new id")
+            first_line[key] = lineno
+        out.append((lineno, row))
+    return out
+
+
 def read_jsonl(path: Path, required: tuple[str, ...] = FIELDS, check_gold: bool = True) -> list[dict]:
     """Read and validate a JSONL file of problems.
 
     Each row must be a JSON object holding ``required`` fields; when
-    ``check_gold`` is set, ``gold`` must be a number the grader can read.
+    ``check_gold`` is set, ``gold`` must be a number the grader can read (and
+    not an absurd one); ids must be unique; the file must be UTF-8. One of
+    the four split files of a ``data/`` folder is first checked against the
+    folder's manifest (``check_splits``): the splits a stage reads must all
+    come from one run of 01_data.
     """
     path = Path(path)
+    if path.name in _SPLIT_NAMES and (path.parent / MANIFEST).is_file():
+        check_splits(path.parent)
+    return [row for _, row in _read_rows(path, required, check_gold)]
+
+
+# ---- the four splits as one unit -------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_problems(splits: dict[str, list[dict]]) -> list[str]:
+    """What makes a set of splits unfit to write: a missing or empty split, a duplicate id, a bad gold.
+
+    >>> rows = synthetic_problems(3, seed=0)
+    >>> split_problems({"train": [], "dev": rows[:1], "test": rows[1:2], "platinum": rows[2:]})
+    ['the train split is empty']
+    >>> split_problems({"train": rows[:2] + rows[:1], "dev": rows, "test": rows, "platinum": rows})[0]
+    "train split, row 3: id 'syn-000000' is used again (first at row 1)"
+    """
+    out = []
+    for split in SPLITS:
+        rows = splits.get(split)
+        if not rows:
+            out.append(f"the {split} split is empty")
+            continue
+        first: dict[str, int] = {}
+        for i, r in enumerate(rows, start=1):
+            key = str(r.get("id"))
+            if key in first:
+                out.append(f"{split} split, row {i}: id {key!r} is used again (first at row {first[key]})")
+            first.setdefault(key, i)
+            bad = gold_problem(r.get("gold"))
+            if bad:
+                out.append(f"{split} split, row {i} (id {key!r}): {bad}")
+    return out
+
+
+def write_splits(data_dir: Path, splits: dict[str, list[dict]], *, run_id: str, profile: str) -> dict[str, Path]:
+    """Write the four splits and ``data/manifest.json`` as one unit; return the files (``data_files``).
+
+    Nothing in ``data/`` changes unless every split is fit (``split_problems``)
+    and every file was written: the files go to a temporary folder inside
+    ``data/`` first (a full disk fails there), then are renamed into place
+    with the manifest last, holding each file's SHA-256 and the run that wrote
+    it. The renames happen under a lock on ``data/.01_data.lock`` so two runs
+    of 01 at once leave one run's four files, not a mix; a run killed between
+    two renames leaves files that do not match the manifest, which
+    ``check_splits`` reports.
+    """
+    import fcntl
+
+    problems = split_problems(splits)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DataError(f"not writing {data_dir}: {shown}. Fix the source data or the data.* parameters "
+                        "(e.g. n_train, the GSM8K path) and rerun 01_data; the files already there are unchanged")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = data_files(data_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".01_data.", suffix=".tmp", dir=data_dir))
+    try:
+        with explain_disk_full(data_dir, "writing the data splits"):
+            entries = {}
+            for split in SPLITS:
+                staged = write_jsonl(tmp / files[split].name, splits[split])
+                entries[split] = {"file": files[split].name, "rows": len(splits[split]), "sha256": _sha256(staged)}
+            manifest = {"run_id": run_id, "profile": profile,
+                        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "splits": entries}
+            atomic_write_json(tmp / MANIFEST, manifest)
+        for split in SPLITS:
+            read_jsonl(tmp / files[split].name)  # read back through the validating reader, before the swap
+        with open(data_dir / ".01_data.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            for split in SPLITS:
+                os.replace(tmp / files[split].name, files[split])
+            os.replace(tmp / MANIFEST, data_dir / MANIFEST)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return files
+
+
+def check_splits(data_dir: Path) -> dict[str, Any] | None:
+    """Stop unless the four split files are those ``data/manifest.json`` lists; return the manifest.
+
+    A folder with no manifest (written before manifests, or by hand) is not
+    checked and gives None.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST
     if not path.is_file():
-        raise DataError(f"{path}: no such file; run notebooks/01_data.ipynb first")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: bad JSON ({exc.msg} at column {exc.colno}); "
-                                "fix or delete that line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [f for f in required if f not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; every row needs "
-                                f"{', '.join(required)}")
-            if check_gold and "gold" in required and normalize_number(str(row["gold"])) is None:
-                raise DataError(f"{path}:{lineno}: gold {row['gold']!r} is not a number; gold must be the "
-                                "number after '####' in the answer")
-            rows.append(row)
-    return rows
+        return None
+    manifest = read_json(path)
+    entries = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(entries, dict) or set(entries) != set(SPLITS):
+        raise DataError(f"{path}: not a manifest of the four splits ({', '.join(SPLITS)}); rerun "
+                        "notebooks/01_data.ipynb to write data/ again")
+    who = f"run {manifest.get('run_id')!r} (profile {manifest.get('profile')!r}, {manifest.get('written')})"
+    for split, entry in entries.items():
+        f = data_dir / str(entry.get("file"))
+        if not f.is_file():
+            raise DataError(f"{f} is missing but {path} lists it (written by {who}); rerun notebooks/01_data.ipynb "
+                            "so the four splits come from one run")
+        if _sha256(f) != entry.get("sha256"):
+            raise DataError(f"{f} is not the {split} split that {who} wrote ({path} holds another digest): "
+                            "another run of 01_data, or one stopped while writing, changed data/. Rerun "
+                            "notebooks/01_data.ipynb (or `python -m looper_utils.pipeline --stages 01`) so the "
+                            "four splits come from one run, then the later stages")
+    return manifest
 
 
 # ---- GSM8K ---------------------------------------------------------------
@@ -134,47 +336,77 @@ def annotations(answer: str) -> list[tuple[str, str]]:
     return [(e.strip(), v.strip()) for e, v in _ANNOT_RE.findall(answer or "")]
 
 
-def to_rows(records: Iterable[dict[str, Any]], prefix: str, source: str) -> tuple[list[dict], list[str]]:
-    """GSM8K-style records (question, answer) -> rows; unparseable ones reported, not dropped silently."""
+def to_rows(records: Iterable[dict[str, Any]], prefix: str, source: str,
+            where: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """GSM8K-style records (question, answer) -> rows; unparseable ones reported, not dropped silently.
+
+    ``where[i]`` says where record ``i`` comes from (``file:line``; default
+    ``source:i+1``). A record whose final number is absurd (not finite, more
+    than ``MAX_GOLD_DIGITS`` digits) or whose id repeats an earlier one stops
+    the run with its place: such a file is corrupt, not merely untidy.
+    """
     rows, problems = [], []
+    first: dict[str, str] = {}
     for i, rec in enumerate(records):
+        at = where[i] if where else f"{source}:{i + 1}"
         q, a = rec.get("question"), rec.get("answer")
+        finals = _FINAL_RE.findall(a) if isinstance(a, str) else []
+        bad = _absurd_number(finals[-1]) if finals else None
+        if bad:
+            raise DataError(f"{at}: {bad}; fix or remove that row of the source data and rerun 01_data")
         gold = gold_from_answer(a) if isinstance(a, str) else None
         if not isinstance(q, str) or not q.strip() or gold is None:
-            problems.append(f"{source}:{i + 1}: no question or no '#### N' answer line")
+            problems.append(f"{at}: no question or no '#### N' answer line")
             continue
         row = {"id": rec.get("id") or f"{prefix}-{i:05d}", "question": q.strip(), "answer": a.strip(), "gold": gold}
+        key = str(row["id"])
+        if key in first:
+            raise DataError(f"{at}: id {key!r} is used again (first at {first[key]}); every row needs its own id: "
+                            "delete the duplicate row or give it a new id, then rerun 01_data")
+        first[key] = at
         if "cleaning_status" in rec:
             row["cleaning_status"] = rec["cleaning_status"]
         rows.append(row)
     return rows, problems
 
 
-def _load_records(path_or_id: str, split: str, config_name: str = "main") -> list[dict]:
-    """Records from a local JSONL file, a folder holding ``{split}.jsonl``, or a hub dataset."""
+def _load_records(path_or_id: str, split: str, config_name: str = "main") -> tuple[list[dict], list[str]]:
+    """Records from a local JSONL file, a folder holding ``{split}.jsonl``, or a hub dataset, and where
+    each one is (``file:line``, ``file.parquet:row N``, ``hub_id[split]:N``)."""
+    def jsonl(path: Path) -> tuple[list[dict], list[str]]:
+        numbered = _read_rows(path, required=("question", "answer"), check_gold=False)
+        return [r for _, r in numbered], [f"{path}:{n}" for n, _ in numbered]
+
     p = Path(path_or_id).expanduser()
     if p.is_file():
-        return read_jsonl(p, required=("question", "answer"), check_gold=False)
+        return jsonl(p)
     if p.is_dir():
         for name in (f"{split}.jsonl", f"{split}.json"):
             if (p / name).is_file():
-                return read_jsonl(p / name, required=("question", "answer"), check_gold=False)
+                return jsonl(p / name)
         parquet = sorted(p.glob(f"**/{split}-*.parquet"))
         if parquet:
             import pandas as pd
-            return pd.concat([pd.read_parquet(f) for f in parquet]).to_dict("records")
+            records, where = [], []
+            for f in parquet:
+                part = pd.read_parquet(f).to_dict("records")
+                records += part
+                where += [f"{f}:row {i + 1}" for i in range(len(part))]
+            return records, where
         raise DataError(f"{p}: no {split}.jsonl (or {split}-*.parquet) in this folder; "
                         "point the path at a folder holding it")
     if p.is_absolute() or path_or_id.startswith("."):
         raise DataError(f"{p}: no such file or folder")
     from datasets import load_dataset  # hub id: needs network (the `full` profile)
 
-    return list(load_dataset(path_or_id, config_name, split=split))
+    records = list(load_dataset(path_or_id, config_name, split=split))
+    return records, [f"{path_or_id}[{split}]:{i + 1}" for i in range(len(records))]
 
 
 def load_gsm8k(path_or_id: str, split: str) -> tuple[list[dict], list[str]]:
     """GSM8K ``train`` or ``test`` as rows, plus the rows that could not be parsed."""
-    return to_rows(_load_records(path_or_id, split), prefix=f"gsm8k-{split}", source=f"{path_or_id}[{split}]")
+    records, where = _load_records(path_or_id, split)
+    return to_rows(records, prefix=f"gsm8k-{split}", source=f"{path_or_id}[{split}]", where=where)
 
 
 def load_platinum(path_or_id: str) -> tuple[list[dict], list[str], dict[str, int]]:
@@ -184,10 +416,11 @@ def load_platinum(path_or_id: str) -> tuple[list[dict], list[str], dict[str, int
     kept and ``rejected`` as removed (poorly posed questions): rejected rows
     are dropped here and counted.
     """
-    records = _load_records(path_or_id, "test")
+    records, where = _load_records(path_or_id, "test")
     counts = Counter(str(r.get("cleaning_status", "unknown")) for r in records)
-    kept = [r for r in records if str(r.get("cleaning_status", "consensus")) != "rejected"]
-    rows, problems = to_rows(kept, prefix="platinum", source=f"{path_or_id}[test]")
+    keep = [i for i, r in enumerate(records) if str(r.get("cleaning_status", "consensus")) != "rejected"]
+    rows, problems = to_rows([records[i] for i in keep], prefix="platinum", source=f"{path_or_id}[test]",
+                             where=[where[i] for i in keep])
     return rows, problems, dict(counts)
 
 

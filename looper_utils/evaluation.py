@@ -12,7 +12,12 @@ and the report costs no generation. Models are loaded one at a time and freed
 before the next (an 8B model and its KV cache leave no room for a second).
 
 Models: ``base`` (no adapter), ``sft``, ``ppo`` (``checkpoints/ppo/best`` if it
-exists, else ``last``), ``ppo_best``, ``ppo_last``, or any checkpoint folder.
+exists and the same PPO run wrote it as ``last`` -- their resume signatures
+match -- else ``last``), ``ppo_best``, ``ppo_last``, or any checkpoint folder.
+Every record names the exact weights it scored (``weights``: a digest of the
+weight files, and of the weights under an adapter), and so does the manifest:
+a checkpoint retrained in the same folder never adds records to a table
+scored on the old weights.
 A model whose checkpoint is missing is skipped with a note in the results;
 ``MissingInputError`` (naming the notebook that writes it) only when nothing
 else is left to evaluate, e.g. when it was the only model asked for.
@@ -57,11 +62,10 @@ __all__ = ["COLUMNS", "TEST_SETS", "PPO_NAMES", "PAIRS", "ModelSpec", "EvalResul
 
 COLUMNS = ["id", "question", "gold", "steps", "completion", "extracted", "extracted_strict", "correct",
            "correct_strict", "finish_reason", "n_tokens", "format_ok", "category", "n_samples",
-           "n_correct_samples", "answers", "style"]
+           "n_correct_samples", "answers", "style", "weights"]
 TEST_SETS = {"platinum": "platinum", "gsm8k_test": "test", "dev": "dev"}  # name -> data.data_files key
 PPO_NAMES = ("ppo", "ppo_best", "ppo_last")
 PAIRS = {"ppo_vs_sft": ("ppo", "sft"), "sft_vs_base": ("sft", "base")}  # first minus second
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 _PPO_FILE = "policy_adapter.safetensors"  # what ppo_model.save_policy_adapter writes
 
 
@@ -85,11 +89,20 @@ class ModelSpec:
 
 
 def _ppo_spec(cfg: Config, name: str, which: str | None) -> ModelSpec:
+    from .ppo_resume import same_run
+
     ppo = cfg.checkpoints_dir / "ppo"
     order = [which] if which else ["best", "last"]
+    note = ""
+    if not which and (ppo / "best" / _PPO_FILE).is_file() and (ppo / "last" / _PPO_FILE).is_file() \
+            and not same_run(ppo / "best", ppo / "last"):
+        # a best left by an earlier run (other settings, other SFT weights) is no result of this one
+        order = ["last"]
+        note = (f"{ppo / 'best'} was not written by the PPO run of {ppo / 'last'} (their resume_signature.json "
+                "differ); evaluating last")
     for sub in order:
         if (ppo / sub / _PPO_FILE).is_file():
-            return ModelSpec(name, "ppo", ppo / sub, "05_ppo", True)
+            return ModelSpec(name, "ppo", ppo / sub, "05_ppo", True, note)
     where = " or ".join(str(ppo / s) for s in order)
     return ModelSpec(name, "ppo", ppo / order[-1], "05_ppo", False,
                      f"skipped: no PPO checkpoint ({where}); run notebooks/05_ppo.ipynb first",
@@ -154,16 +167,15 @@ def _load_model(cfg: Config, spec: ModelSpec, device):
 
 
 def _fingerprint(spec: ModelSpec, cfg: Config) -> str:
-    """What identifies the weights: a hash of the weight files (a rerun of 02 with the same result matches)."""
+    """The exact weights ``spec`` names: a digest of its weight files (for a PPO checkpoint, the policy
+    adapter with the SFT weights under it), not of its folder: a retrained model in the same folder differs."""
+    from .modeling import checkpoint_digest, sft_dir
+
     if spec.path is None:
         return f"hub:{cfg.model.name_or_path}"
-    h = hashlib.sha256()
-    for f in sorted(p for p in spec.path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    if spec.kind == "ppo":
+        return checkpoint_digest(cfg, sft_dir(cfg), spec.path / _PPO_FILE)
+    return checkpoint_digest(cfg, spec.path)
 
 
 # ---- test sets -----------------------------------------------------------------------------
@@ -260,13 +272,18 @@ def evaluate_set(problems: list[dict], sample_fn: Callable[[list[dict], int], An
     """Generate, grade and write every shard not yet on disk; return all records and throughput.
 
     ``sample_fn(problem_rows, shard_seed)`` returns a ``GenerationResult`` with
-    ``maj_k`` samples per problem; it is not called for shards on disk.
+    ``maj_k`` samples per problem; it is not called for shards on disk. Each
+    record's ``weights`` is ``manifest["weights"]`` (the digest of the weights scored).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_manifest(out, _full_manifest(manifest, problems, shard_size), "records")
-    speed = write_missing(problems, sample_fn, lambda rows, samples: grade_records(rows, samples, think), out,
-                          shard_size=shard_size, seed=seed, columns=COLUMNS)
+    weights = manifest.get("weights")
+
+    def grade(rows: list[dict], samples: list[Any]) -> list[dict]:
+        return [dict(r, weights=weights) for r in grade_records(rows, samples, think)]
+
+    speed = write_missing(problems, sample_fn, grade, out, shard_size=shard_size, seed=seed, columns=COLUMNS)
     if speed["shards_skipped"]:
         log(f"{out.name}: resumed, {speed['shards_skipped']} of {speed['shards']} shards were already on disk")
     return _read_shards(out), speed
@@ -418,6 +435,8 @@ def summarize(records: Mapping[str, Mapping[str, Any]], n_boot: int = 2000, seed
                 _, lo, hi = wilson_ci(int(correct.sum()), len(correct))
             models.setdefault(name, {})[ts] = {"accuracy": acc, "ci95": [lo, hi], "n": int(len(df)),
                                                "accuracy_strict": float(df["correct_strict"].astype(float).mean())}
+            if "weights" in df and df["weights"].notna().any():  # records from before this column have none
+                models[name][ts]["weights"] = ", ".join(sorted(set(df["weights"].dropna().astype(str))))
             counts = error_breakdown(df).iloc[0]
             errors.setdefault(name, {})[ts] = {c: int(counts[c]) for c in ERROR_CATEGORIES}
             acc_steps = df.groupby("steps")["correct"].apply(lambda s: float(s.astype(float).mean()))

@@ -26,6 +26,7 @@ a killed run never leaves a half-written checkpoint that a later stage trusts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -45,8 +46,8 @@ __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE"
            "resolve_device", "chat_template", "build_tokenizer", "build_scratch_model", "tokenizer_corpus",
            "build_or_load_base", "load_base", "load_policy", "load_checkpoint", "apply_lora",
            "choose_quantization", "save_checkpoint", "read_state", "ensure_pad_token", "count_params",
-           "base_dir", "sft_dir", "describe", "set_cpu_threads", "free_memory",
-           "quiet_progress"]
+           "base_dir", "sft_dir", "describe", "set_cpu_threads", "free_memory", "weights_digest",
+           "checkpoint_digest", "quiet_progress"]
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -246,6 +247,44 @@ def save_checkpoint(out_dir: Path, model, tokenizer, cfg: config_mod.Config, sta
                  **(extra or {})}
         atomic_write_json(tmp / STATE_FILE, state)
     return Path(out_dir)
+
+
+def weights_digest(*paths: Path) -> str:
+    """SHA-256 of weight files, what identifies a model's exact weights wherever its folder is.
+
+    A folder stands for its ``*.safetensors`` then its ``*.bin`` files (each
+    set sorted by name; tokenizer, config and training-state files are not
+    weights); a file stands for itself. Names and contents are hashed in that
+    order, so ``weights_digest(sft, ppo / "policy_adapter.safetensors")`` names
+    a PPO policy together with the SFT weights under it. PPO's resume
+    signature, the rollout manifest and the evaluation records all use it.
+    """
+    h = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
+        for f in files:
+            if f.name.startswith("trainer_state."):  # PPO's optimiser and RNG state, not weights
+                continue
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_digest(cfg: config_mod.Config, folder: Path, *files: Path) -> str:
+    """``weights_digest`` of a checkpoint folder (and ``files`` loaded over it, such as a PPO policy adapter),
+    with what an adapter sits on: the scratch base's weights, or the pretrained model's id or path.
+
+    That is everything ``load_checkpoint`` puts together, so two equal
+    digests mean the same weights generate.
+    """
+    digest = weights_digest(folder, *files)
+    if not (Path(folder) / "adapter_config.json").is_file():
+        return digest
+    # a hub model's weights are not read here (16 GB for the 8B); its id or local path stands for them
+    under = weights_digest(base_dir(cfg)) if cfg.model.name_or_path == "scratch" else cfg.model.name_or_path
+    return f"{digest} over {under}"
 
 
 def read_state(ckpt_dir: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from .artifacts import (PROGRESS_MARK, STAGES, ProjectBusyError, atomic_write_json, check_run_id, project_lock,
                         read_json)
-from .config import PROFILES, find_project_root
+from .config import MAX_SEED, PROFILES, find_project_root
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -76,9 +76,6 @@ class StageFailed(RuntimeError):
 
 class UsageError(SystemExit):
     """The arguments ask for something that cannot run; the message says what to pass instead."""
-
-
-MAX_SEED = 2**32 - 1  # what every generator the stages seed accepts (numpy takes no negative seed)
 
 
 def notebooks_dir(root: Path) -> Path:

@@ -15,11 +15,15 @@ One iteration:
 7. the bandit is paid each arm's learning signal p(1-p);
 8. metrics (one JSON line per iteration), periodic greedy dev eval, and an
    atomic checkpoint: adapters, value head, optimisers, schedulers, bandit,
-   RNG states and the iteration. ``resume`` continues from the last complete
-   iteration; every random draw of an iteration is seeded by (seed,
-   iteration), so a resumed run matches a straight one. A state written
-   with other settings (model, SFT weights, reward, PPO knobs) is not
-   resumed but set aside (``ppo_resume``).
+   RNG states and the iteration, in files that load without running code
+   (safetensors + JSON, ``ppo_resume.save_state``). The log is written
+   before the checkpoint, so it always covers the checkpoint's iterations.
+   ``resume`` continues from the last complete iteration; every random draw
+   of an iteration is seeded by (seed, iteration), so a resumed run matches
+   a straight one. A state written with other settings (model, SFT weights,
+   reward, PPO knobs), an unreadable one, one in the old pickle format, and
+   any earlier run's ``best``/``last`` when a run starts afresh are not
+   resumed but set aside as ``checkpoints/ppo.previous`` (``ppo_resume``).
 
 Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
 Each process samples its share of the batch's prompts; gradients of the
@@ -48,13 +52,14 @@ from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
                          policy_loss, token_rewards, value_loss)
 from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
-from .ppo_resume import can_resume, resume_signature, write_signature
+from .ppo_resume import (STATE_TENSORS, StateError, can_resume, load_state, move_aside, resume_signature,
+                         save_state, state_problem, write_signature)
 from .regime_w.arms import build_arms, learning_signal, make_bandit
 from .regime_w.reward import components, reward
 from .regime_w.scoring import score
 
 LOG_NAME = "ppo_log.jsonl"
-STATE_NAME = "trainer_state.pt"
+STATE_NAME = STATE_TENSORS  # with trainer_state.json beside it
 
 
 def ppo_dir(cfg: Config) -> Path:
@@ -339,7 +344,7 @@ class PPOTrainer:
 
         final = self.out / name
         with modeling._atomic_dir(final) as tmp:
-            torch.save(self.state(), tmp / STATE_NAME)
+            save_state(tmp, self.state())
             save_policy_adapter(self.pv, tmp)
             save_cfg(self.cfg, tmp / modeling.CONFIG_FILE)
             write_signature(tmp, self.signature)
@@ -347,8 +352,10 @@ class PPOTrainer:
                 {"stage": "ppo", "step": self.iteration, "format": "ppo_adapter", "best_dev": self.best_dev}) + "\n")
         return final
 
-    def load(self, path: Path) -> None:
-        st = torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=False)
+    def load(self, path: Path, st: dict[str, Any] | None = None) -> None:
+        """Restore the state ``save`` wrote to ``path`` (or ``st``, read from it already). Nothing in the files
+        runs; ``ppo_resume.StateError`` if they cannot be read."""
+        st = load_state(path) if st is None else st
         self.pv.load_trainable_state(st["trainable"])
         self.opt_pi.load_state_dict(st["opt_pi"])
         self.opt_v.load_state_dict(st["opt_v"])
@@ -361,6 +368,28 @@ class PPOTrainer:
         if st["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         self.iteration, self.best_dev = st["iteration"], st["best_dev"]
+
+    def _resume(self, last: Path) -> None:
+        """Load ``last`` when it is a readable state of this run's settings; set aside one that is not."""
+        if not last.is_dir():
+            return
+        why = state_problem(last)
+        if why is None and can_resume(self.out, self.signature, last, set_aside=self.dist.is_main):
+            try:
+                st = load_state(last)
+            except StateError as exc:  # a file cut short or not ours: nothing was restored yet
+                why = str(exc)
+            else:
+                try:
+                    self.load(last, st)
+                except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                    # half of it may be restored already: starting over from here would not be a fresh run
+                    raise StateError(f"{last}: the saved training state does not fit this run ({exc}); move "
+                                     f"{self.out} away (or pass resume=False) and run again") from exc
+                return
+        if why is not None and self.dist.is_main and self.out.is_dir():
+            move_aside(self.out, why)
+        self.iteration = 0
 
     def _read_log(self) -> list[dict[str, Any]]:
         path = self.out / LOG_NAME
@@ -379,12 +408,13 @@ class PPOTrainer:
         from tqdm.auto import tqdm
 
         total = iterations or self.p.iterations
-        last = self.out / "last"
-        if (self.p.resume and (last / STATE_NAME).is_file()
-                and can_resume(self.out, self.signature, last, set_aside=self.dist.is_main)):
-            self.load(last)
-        else:
-            self.iteration = 0
+        self.iteration = 0
+        if self.p.resume:
+            self._resume(self.out / "last")
+        if not self.iteration and self.dist.is_main and any((self.out / n).is_dir() for n in ("best", "last")):
+            # an earlier run's best would outlive this one's last and be what 06 evaluates
+            move_aside(self.out, f"{self.out} holds an earlier PPO run that this one does not continue"
+                       + ("" if self.p.resume else " (resume=False)"))
         self.history = self._read_log() if self.iteration else []
         bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not self.progress)
         done = 0
@@ -405,8 +435,10 @@ class PPOTrainer:
                                             / max(1e-9, metrics["seconds"]))
             self.history.append(metrics)
             if self.dist.is_main and (self.iteration % self.p.save_every == 0 or self.iteration == total):
-                self.save("last")
+                # log first: a stop between the two leaves log lines past the checkpoint (redone on resume),
+                # never a checkpoint whose iterations are missing from the log
                 self._write_log()
+                self.save("last")
             self.dist.log(metrics, self.iteration)
             if on_iteration:
                 on_iteration(metrics)

@@ -7,8 +7,10 @@ the shards already written; each shard is written atomically, so a killed run
 loses at most the shard in flight. Every shard is sampled with its own seed
 (``seed + shard index``), which makes a resumed run identical to a straight one.
 
-A ``manifest.json`` records what the shards were made with; a rerun with other
-settings stops instead of mixing two kinds of samples in one table.
+A ``manifest.json`` records what the shards were made with (``manifest``: the
+sampling settings and a digest of the SFT weights, not their folder); a rerun
+with other settings or a retrained SFT model stops instead of mixing two kinds
+of samples in one table.
 
 Metrics: pass@k with the unbiased estimator, maj@k, accuracy per difficulty
 bucket (calculation steps of the gold solution), truncation rate, tokens/s,
@@ -37,6 +39,21 @@ COLUMNS = ["prompt_id", "sample_idx", "question", "answer", "gold", "steps", "co
 
 def rollout_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "rollouts"
+
+
+def manifest(cfg: Any) -> dict[str, Any]:
+    """What 03's shards are sampled with: the sampling settings and the exact SFT weights.
+
+    The weights enter as their digest (``modeling.checkpoint_digest``): 02
+    rerun with other settings writes the same folder, and a resumed 03 must
+    not add shards of the new model to a table sampled from the old one.
+    """
+    from .modeling import checkpoint_digest, sft_dir
+
+    r = cfg.rollouts
+    return {"k": r.k, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
+            "max_new_tokens": r.max_new_tokens, "prompt_style": cfg.model.prompt_style,
+            "policy": str(sft_dir(cfg)), "policy_weights": checkpoint_digest(cfg, sft_dir(cfg))}
 
 
 def grade_records(problems: list[dict], samples: list[Any], think: bool) -> list[dict]:

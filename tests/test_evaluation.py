@@ -213,6 +213,7 @@ def test_ppo_means_best_when_it_exists(tmp_path):
     for sub in ("best", "last"):
         (tmp_path / "checkpoints" / "ppo" / sub).mkdir(parents=True)
         (tmp_path / "checkpoints" / "ppo" / sub / "policy_adapter.safetensors").write_bytes(b"")
+        (tmp_path / "checkpoints" / "ppo" / sub / "resume_signature.json").write_text('{"seed": 0}')  # one run
     specs = evaluation.resolve_models(cfg, ["ppo", "ppo_last", "sft", str(tmp_path / "checkpoints" / "ppo" / "best")])
     assert [(s.name, s.kind, s.available) for s in specs] == [
         ("ppo", "ppo", True), ("ppo_last", "ppo", True), ("sft", "checkpoint", False), ("ppo_best", "ppo", True)]

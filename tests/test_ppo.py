@@ -6,6 +6,7 @@ import torch
 
 from looper_utils import config, data, modeling, ppo
 from looper_utils.ppo_model import POLICY, REF, VALUE
+from looper_utils.ppo_resume import load_state
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_state_of_other_settings_is_set_aside_not_resumed(setup, tmp_path):
     assert [h["iteration"] for h in hist] == [1, 2]
     assert json.loads((out / "last" / "resume_signature.json").read_text())["ppo"]["k"] == 3
     aside = tmp_path / "o.previous"
-    kept = torch.load(aside / "last" / ppo.STATE_NAME, weights_only=False)
+    kept = load_state(aside / "last")
     assert kept["iteration"] == 3 and not torch.equal(kept["trainable"][next(iter(old_adapter))],
                                                       other.pv.trainable_state()[next(iter(old_adapter))])
 

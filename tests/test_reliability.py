@@ -14,7 +14,8 @@ import _tiny
 import pytest
 import torch
 
-from looper_utils import artifacts, data, modeling, pipeline, sft
+from looper_utils import (artifacts, config, data, evaluation, generation, modeling, pipeline, ppo, ppo_resume,
+                          rollouts, sft)
 
 CPU = torch.device("cpu")
 
@@ -254,3 +255,206 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     with pytest.raises(artifacts.ProjectBusyError, match=r"run remote \(pid \d+ on elsewhere\)"):
         with artifacts.project_lock(tmp_path, "next"):
             pass
+
+
+# ---- the PPO state loads without running code; its log covers it ---------------------------
+
+@pytest.fixture(scope="module")
+def ppo_root(tmp_path_factory):
+    """A project folder with a tiny base and SFT model, and the rows PPO trains on."""
+    root = tmp_path_factory.mktemp("ppo_reliability")
+    rows = data.synthetic_problems(60, seed=0)
+    cfg = config.build("smoke", root=str(root), stage="ppo", device="cpu", iterations=2, prompts_per_iter=2, k=2,
+                       advantage="group", max_new_tokens=8, minibatch_size=4, eval_every=0, n_dev=4, ppo_epochs=1,
+                       learning_rate=5e-3, **{"model.hidden_size": 32, "model.num_layers": 1,
+                                              "model.intermediate_size": 64})
+    tok = modeling.build_tokenizer(modeling.tokenizer_corpus(rows), vocab_size=300)
+    model = modeling.build_scratch_model(cfg.model, tok, seed=0)
+    modeling.save_checkpoint(modeling.base_dir(cfg), model, tok, cfg, stage="base", step=0)
+    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=0)
+    return cfg, rows[:50], rows[50:]
+
+
+def _project(ppo_root, tmp_path, **over):
+    """The module's base and SFT checkpoints copied into ``tmp_path``, and the config rooted there."""
+    cfg, train, dev = ppo_root
+    for sub in ("base", "sft"):
+        shutil.copytree(cfg.checkpoints_dir / sub, tmp_path / "checkpoints" / sub)
+    return cfg.override(stage="ppo", root=str(tmp_path), **over), train, dev
+
+
+def _ppo(cfg, train, dev):
+    return ppo.PPOTrainer(cfg, train, dev, progress=False)
+
+
+def _retrain_sft(cfg):
+    """02 run again into the same folder: other weights, same path."""
+    model, tok = modeling.load_checkpoint(modeling.sft_dir(cfg), CPU)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=1)
+
+
+class _Crafted:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("trainer_state.pt", r"trainer_state.pt is a pickle \(the format of earlier versions\), which is never loaded"),
+    ("trainer_state.safetensors", r"trainer_state.safetensors: unreadable"),
+])
+def test_a_crafted_pickle_as_the_ppo_state_never_runs(ppo_root, tmp_path, name, says):
+    cfg, train, dev = _project(ppo_root, tmp_path)
+    _ppo(cfg, train, dev).train(iterations=1)
+    last = ppo.ppo_dir(cfg) / "last"
+    marker = tmp_path / "marker"
+    if name == "trainer_state.pt":  # a folder in the old format, or one made to look like it
+        for f in ("trainer_state.safetensors", "trainer_state.json"):
+            (last / f).unlink(missing_ok=True)
+    torch.save({"iteration": _Crafted(marker), "trainable": {}}, last / name)
+    with pytest.warns(UserWarning, match=says + r".*not resuming\. It was moved to .*ppo\.previous"):
+        hist = _ppo(cfg, train, dev).train(iterations=1)
+    assert not marker.exists(), "loading the PPO state ran code from the project folder"
+    assert [h["iteration"] for h in hist] == [1]  # trained afresh
+    kept = tmp_path / "checkpoints" / "ppo.previous" / "last" / name
+    assert kept.is_file()  # set aside, not deleted
+    with pytest.raises(ppo_resume.StateError, match=rf"{kept.parent}"):
+        ppo_resume.load_state(kept.parent)
+    assert not marker.exists()
+
+
+def test_the_training_state_round_trips_exactly_without_pickle(tmp_path):
+    import random
+
+    import numpy as np
+
+    w = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([w], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5)
+    w.grad = torch.randn(3)
+    opt.step()
+    sched.step()
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    state = {"iteration": 7, "best_dev": 0.125, "trainable": {"model.l.policy.weight": w.detach().clone()},
+             "opt_pi": opt.state_dict(), "sched_pi": sched.state_dict(),
+             "bandit": {"algorithm": "thompson", "rng": np.random.default_rng(1).bit_generator.state,
+                        "alpha": [1.5, 2.0]},
+             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                     "cuda": None}}
+    ppo_resume.save_state(tmp_path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    back = ppo_resume.load_state(tmp_path)
+    assert (back["iteration"], back["best_dev"], back["bandit"], back["sched_pi"]) == \
+        (7, 0.125, state["bandit"], state["sched_pi"])
+    assert torch.equal(back["trainable"]["model.l.policy.weight"], w.detach())
+    saved_opt = state["opt_pi"]
+    assert back["opt_pi"]["param_groups"] == saved_opt["param_groups"]  # betas stay a tuple
+    assert list(back["opt_pi"]["state"]) == [0]  # the parameter index stays an int
+    for k, v in saved_opt["state"][0].items():
+        assert torch.equal(back["opt_pi"]["state"][0][k], v) and back["opt_pi"]["state"][0][k].dtype == v.dtype
+    # the restored generators draw exactly what the saved ones would have
+    want = (random.random(), float(np.random.rand()), torch.rand(2))
+    random.setstate(back["rng"]["python"])
+    np.random.set_state(back["rng"]["numpy"])
+    torch.set_rng_state(back["rng"]["torch"])
+    assert random.random() == want[0] and float(np.random.rand()) == want[1] and torch.equal(torch.rand(2), want[2])
+
+
+@pytest.mark.parametrize("stopped_in", ["_write_log", "save"])
+def test_a_stop_while_saving_leaves_no_gap_in_the_ppo_log(ppo_root, tmp_path, monkeypatch, stopped_in):
+    cfg, train, dev = _project(ppo_root, tmp_path, iterations=3)
+    real, calls = getattr(ppo.PPOTrainer, stopped_in), []
+
+    def stopped_at_the_second_save(self, *a):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt(f"stopped in {stopped_in} after iteration 2")
+        return real(self, *a)
+
+    monkeypatch.setattr(ppo.PPOTrainer, stopped_in, stopped_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        _ppo(cfg, train, dev).train()
+    monkeypatch.setattr(ppo.PPOTrainer, stopped_in, real)
+    hist = _ppo(cfg, train, dev).train()
+    assert [h["iteration"] for h in hist] == [1, 2, 3]
+    log = (ppo.ppo_dir(cfg) / ppo.LOG_NAME).read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in log] == [1, 2, 3]
+
+
+# ---- runs that must not cross ----------------------------------------------------------------
+
+def test_a_fresh_ppo_run_sets_the_old_best_aside_and_06_scores_its_last(ppo_root, tmp_path):
+    cfg, train, dev = _project(ppo_root, tmp_path, iterations=1, eval_every=1)
+    _ppo(cfg, train, dev).train()
+    out = ppo.ppo_dir(cfg)
+    old_best = (out / "best" / "policy_adapter.safetensors").read_bytes()
+    fresh = cfg.override(stage="ppo", resume=False, eval_every=0)
+    with pytest.warns(UserWarning, match=r"holds an earlier PPO run that this one does not continue \(resume=False\)"):
+        _ppo(fresh, train, dev).train()
+    assert not (out / "best").exists() and (out / "last").is_dir()
+    aside = out.with_name("ppo.previous")
+    assert (aside / "best" / "policy_adapter.safetensors").read_bytes() == old_best  # kept
+    ecfg = cfg.override(stage="eval")
+    assert evaluation.resolve_models(ecfg, ["ppo"])[0].path == out / "last"
+    # a best that another PPO run wrote (here: put back by hand, its signature another seed's) is not used
+    shutil.copytree(aside / "best", out / "best")
+    sig_file = out / "best" / ppo_resume.SIGNATURE_NAME
+    same = sig_file.read_text()
+    sig_file.write_text(json.dumps(dict(json.loads(same), seed=99)))
+    spec = evaluation.resolve_models(ecfg, ["ppo"])[0]
+    assert spec.path == out / "last" and spec.available
+    assert f"{out / 'best'} was not written by the PPO run of {out / 'last'}" in spec.note
+    sig_file.write_text(same)
+    assert evaluation.resolve_models(ecfg, ["ppo"])[0].path == out / "best"
+
+
+def test_eval_records_name_the_exact_weights_they_scored(ppo_root, tmp_path):
+    cfg, _, dev = _project(ppo_root, tmp_path)
+    data.write_jsonl(data.data_files(cfg.data_dir)["platinum"], dev[:4])
+    ecfg = cfg.override(stage="eval", run_id="e", models="sft", test_sets="platinum", max_new_tokens=4,
+                        shard_size=2, batch_size=4)
+    adapter = ppo.ppo_dir(cfg) / "last" / "policy_adapter.safetensors"
+    adapter.parent.mkdir(parents=True)
+    adapter.write_bytes(b"the same PPO adapter before and after")
+    ppo_spec = evaluation.resolve_models(ecfg, ["ppo"])[0]
+    ppo_before = evaluation._fingerprint(ppo_spec, ecfg)
+    res = evaluation.run(ecfg, progress=False, log=lambda *_: None)
+    digest = modeling.weights_digest(modeling.sft_dir(cfg))
+    assert set(res.records["sft"]["platinum"]["weights"]) == {digest}
+    assert evaluation.summarize(res.records, n_boot=50)["models"]["sft"]["platinum"]["weights"] == digest
+    _retrain_sft(cfg)
+    with pytest.raises(ValueError, match=r"made with other settings \{'weights': \('" + digest):
+        evaluation.run(ecfg, progress=False, log=lambda *_: None)
+    # a PPO policy is named together with the SFT weights under its adapter
+    assert evaluation._fingerprint(ppo_spec, ecfg) != ppo_before
+    assert evaluation._fingerprint(ppo_spec, ecfg) == modeling.weights_digest(modeling.sft_dir(cfg), adapter)
+
+
+def _fake_sampler(chunk, shard_seed):
+    samples = [generation.Sample(i, 0, "#### 1", [1], [2], 1, "eos") for i in range(len(chunk))]
+    return generation.GenerationResult(samples=samples, seconds=0.01, n_new_tokens=len(samples))
+
+
+def test_rollouts_of_a_retrained_sft_model_are_not_added_to_the_old_ones(ppo_root, tmp_path):
+    cfg, train, _ = _project(ppo_root, tmp_path)
+    cfg = cfg.override(stage="rollouts", k=1)
+    out = rollouts.rollout_dir(cfg.run_dir)
+    kw = dict(shard_size=2, seed=0, think=False, log=lambda *_: None)
+    first = rollouts.manifest(cfg)
+    assert first["policy_weights"] == modeling.weights_digest(modeling.sft_dir(cfg))
+    rollouts.collect(train[:4], _fake_sampler, out, manifest=first, **kw)
+    (out / "shard_00001.parquet").unlink()  # a run stopped after its first shard
+    _retrain_sft(cfg)
+    second = rollouts.manifest(cfg)
+    assert second["policy"] == first["policy"] and second["policy_weights"] != first["policy_weights"]
+    with pytest.raises(ValueError, match=r"made with other settings \{'policy_weights'"):
+        rollouts.collect(train[:4], _fake_sampler, out, manifest=second, **kw)
+    assert [p.name for p in out.glob("shard_*")] == ["shard_00000.parquet"]
+    df, _ = rollouts.collect(train[:4], _fake_sampler, out, manifest=first, **kw)  # the same weights resume
+    assert len(df) == 4
