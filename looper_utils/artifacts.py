@@ -212,6 +212,48 @@ def progress_line(what: str, done: int, total: int, started: float, note: str = 
     return f"{PROGRESS_MARK}{what} {done}/{total}: {elapsed:.0f} s elapsed{eta}" + (f" · {note}" if note else "")
 
 
+_NOT_SETTINGS = {"run_id", "root", "device"}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: list(d) if isinstance(d, tuple) else d}  # a saved JSON config holds lists
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else _flat(v, f"{prefix}{k}"))
+    return out
+
+
+def overwrite_notice(what: str, old: dict[str, Any] | None, new: dict[str, Any], limit: int = 8) -> str | None:
+    """The line a stage prints before it replaces outputs another run wrote: which run, and what changes.
+
+    ``old`` and ``new`` hold ``run_id``, ``profile`` and any settings (nested
+    dicts are compared leaf by leaf; run id, root and device are not settings).
+    ``None`` when there is nothing to replace or the same run rewrites its own
+    outputs with the same settings.
+
+    >>> old = {"run_id": "a", "profile": "smoke", "data": {"teacher": "worked:1", "n_train": 4000}}
+    >>> new = {"run_id": "b", "profile": "smoke", "data": {"teacher": "worked:0.4,terse:0.6", "n_train": 4000}}
+    >>> print(overwrite_notice("checkpoints/sft", old, new).removeprefix(PROGRESS_MARK))
+    checkpoints/sft was written by run a (smoke); run b replaces it. What changes: data.teacher worked:1 -> worked:0.4,terse:0.6
+    >>> overwrite_notice("checkpoints/sft", old, dict(old)) is None
+    True
+    """
+    if not old:
+        return None
+    a = {k: v for k, v in _flat(old).items() if k.split(".")[0] not in _NOT_SETTINGS}
+    b = {k: v for k, v in _flat(new).items() if k.split(".")[0] not in _NOT_SETTINGS}
+    changes = [f"{k} {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k)]
+    if old.get("run_id") == new.get("run_id") and not changes:
+        return None
+    what_changes = ("What changes: " + ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more"
+                                                                    if len(changes) > limit else "")
+                    if changes else "Same settings")
+    return (f"{PROGRESS_MARK}{what} was written by run {old.get('run_id', '?')} ({old.get('profile', '?')}); "
+            f"run {new.get('run_id', '?')} replaces it. {what_changes}")
+
+
 class Timer:
     """Wall-clock sections: ``with t.section('generate'): ...``; ``t.totals``."""
 

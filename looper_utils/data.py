@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .answers import normalize_number
-from .artifacts import atomic_write_json, atomic_write_text, explain_disk_full, read_json
+from .artifacts import atomic_write_json, atomic_write_text, explain_disk_full, overwrite_notice, read_json
 
 FIELDS = ("id", "question", "answer", "gold")
 SPLITS = ("train", "dev", "test", "platinum")
@@ -269,6 +269,19 @@ def write_splits(data_dir: Path, splits: dict[str, list[dict]], *, run_id: str, 
             atomic_write_json(tmp / MANIFEST, manifest)
         for split in SPLITS:
             read_jsonl(tmp / files[split].name)  # read back through the validating reader, before the swap
+        if (data_dir / MANIFEST).is_file():
+            try:
+                before = read_json(data_dir / MANIFEST)
+            except ValueError:
+                before = None
+            if isinstance(before, dict):
+                def rows(m: dict) -> dict:  # what a reader sees change: who wrote the splits and their sizes
+                    return {"run_id": m.get("run_id"), "profile": m.get("profile"),
+                            "rows": {s: e.get("rows") for s, e in (m.get("splits") or {}).items()}}
+
+                notice = overwrite_notice(str(data_dir), rows(before), rows(manifest))
+                if notice:
+                    print(notice, flush=True)
         with open(data_dir / ".01_data.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
             for split in SPLITS:

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from . import config as config_mod
-from .artifacts import atomic_write_json, make_shareable, read_json
+from .artifacts import atomic_write_json, make_shareable, overwrite_notice, read_json
 from .prompts import THINK_CLOSE, THINK_OPEN, prompt_wording
 
 __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE", "ModelLoadError",
@@ -239,6 +239,14 @@ def save_checkpoint(out_dir: Path, model, tokenizer, cfg: config_mod.Config, sta
                     extra: dict[str, Any] | None = None) -> Path:
     """Save model (full weights or PEFT adapter), tokenizer, config and step, atomically."""
     fmt = "adapter" if _is_peft(model) else "full"
+    previous = Path(out_dir) / CONFIG_FILE
+    if previous.is_file():
+        try:
+            notice = overwrite_notice(str(out_dir), read_json(previous), cfg.to_dict())
+        except ValueError:  # an unreadable config of an old checkpoint is no reason to stop saving
+            notice = None
+        if notice:
+            print(notice, flush=True)
     with _atomic_dir(Path(out_dir)) as tmp, quiet_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

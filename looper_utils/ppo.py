@@ -46,7 +46,7 @@ import torch
 
 from . import modeling, prompts
 from .data import completion_style, style_shares
-from .artifacts import Timer, atomic_write_text
+from .artifacts import Timer, atomic_write_text, progress_line
 from .config import Config
 from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
@@ -417,7 +417,7 @@ class PPOTrainer:
                        + ("" if self.p.resume else " (resume=False)"))
         self.history = self._read_log() if self.iteration else []
         bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not self.progress)
-        done = 0
+        done, first, t_start = 0, self.iteration, time.perf_counter()
         while self.iteration < total and (stop_after is None or done < stop_after):
             t0 = time.perf_counter()
             metrics = self.iterate(self.iteration)
@@ -444,6 +444,11 @@ class PPOTrainer:
                 on_iteration(metrics)
             bar.update(1)
             done += 1
+            if self.progress:  # one line per iteration, streamed by the pipeline (artifacts.progress_line)
+                dev = f", dev {metrics['dev_accuracy']:.3f}" if "dev_accuracy" in metrics else ""
+                print(progress_line("ppo iteration", done, total - first, t_start,
+                                    f"reward {metrics['reward']:.3f}, accuracy {metrics['accuracy']:.3f}{dev}"),
+                      flush=True)
         bar.close()
         return self.history
 

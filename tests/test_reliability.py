@@ -458,3 +458,31 @@ def test_rollouts_of_a_retrained_sft_model_are_not_added_to_the_old_ones(ppo_roo
     assert [p.name for p in out.glob("shard_*")] == ["shard_00000.parquet"]
     df, _ = rollouts.collect(train[:4], _fake_sampler, out, manifest=first, **kw)  # the same weights resume
     assert len(df) == 4
+
+
+def test_overwriting_another_runs_outputs_says_which_run_and_what_changes(tmp_path, capsys):
+    """data/ and checkpoints/ name the run that wrote them; a different run replacing them says so."""
+    from looper_utils import config, data, modeling
+
+    splits = data.build_synthetic_splits(60, 10, 10, 10, seed=0, min_steps=1, max_steps=2, max_value=10,
+                                         dev_fraction=0.2, split_seed=1)
+    data.write_splits(tmp_path / "data", splits, run_id="first", profile="smoke")
+    assert capsys.readouterr().out == ""  # nothing was there before
+    data.write_splits(tmp_path / "data", splits, run_id="first", profile="smoke")
+    assert capsys.readouterr().out == ""  # the same run rewriting the same splits
+    smaller = dict(splits, train=splits["train"][:40])
+    data.write_splits(tmp_path / "data", smaller, run_id="second", profile="smoke")
+    out = capsys.readouterr().out
+    assert "was written by run first (smoke); run second replaces it" in out
+    assert f"rows.train {len(splits['train'])} -> 40" in out
+
+    rows = data.synthetic_problems(50, seed=0)
+    tok = modeling.build_tokenizer(modeling.tokenizer_corpus(rows), vocab_size=300)
+    cfg_a = config.build("smoke", run_id="a", root=str(tmp_path), **{"model.hidden_size": 32, "model.num_layers": 1})
+    model = modeling.build_scratch_model(cfg_a.model, tok, seed=0)
+    modeling.save_checkpoint(tmp_path / "ck", model, tok, cfg_a, stage="sft", step=1)
+    capsys.readouterr()
+    cfg_b = cfg_a.override(run_id="b", stage="sft", epochs=2.0)
+    modeling.save_checkpoint(tmp_path / "ck", model, tok, cfg_b, stage="sft", step=1)
+    out = capsys.readouterr().out
+    assert "ck was written by run a (smoke); run b replaces it. What changes: sft.epochs 4.0 -> 2.0" in out
