@@ -74,7 +74,8 @@ class SFTResult:
 
 
 # report_to value -> (the package it imports, how to install it)
-TRACKERS = {"none": (None, ""), "tensorboard": ("tensorboard", "pip install -e '.[track]' (or pip install tensorboard)"),
+TRACKERS = {"none": (None, ""),
+            "tensorboard": ("tensorboard", "pip install -e '.[track]' (or pip install tensorboard)"),
             "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
 
 
@@ -101,7 +102,7 @@ def check_report_to(value: str, key: str = "sft.report_to") -> str:
 
 
 def tracking_dir(cfg: config_mod.Config, stage: str) -> Path:
-    """The TensorBoard folder of a stage (``02_sft``, ``05_ppo``): ``tensorboard --logdir runs/<run_id>`` shows them all."""
+    """The TensorBoard folder of a stage (``02_sft``, ``05_ppo``); ``tensorboard --logdir runs/<run_id>`` shows all."""
     return cfg.run_dir / "tb" / stage
 
 
