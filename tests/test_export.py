@@ -93,3 +93,19 @@ def test_missing_ppo_checkpoint_says_which_notebook_to_run(tmp_path):
     with pytest.raises(MissingInputError, match="05_ppo"):
         export.export_ppo(cfg, device=CPU)
     assert not export.export_dir(cfg).exists()
+
+
+def test_push_to_hub_uploads_model_and_tokenizer_privately(trained, tmp_path, monkeypatch):
+    """The hub is replaced by a recorder: no test talks to the network."""
+    from transformers import PreTrainedModel
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    cfg, _ = trained
+    calls = []
+    monkeypatch.setattr(PreTrainedModel, "push_to_hub", lambda self, repo, **kw: calls.append(("model", repo, kw)))
+    monkeypatch.setattr(PreTrainedTokenizerBase, "push_to_hub", lambda self, repo, **kw: calls.append(("tok", repo, kw)))
+    result = export.export_ppo(cfg, out_dir=tmp_path / "out", device=CPU, push_to_hub="me/looper-math")
+    assert result.pushed_to == "me/looper-math" and result.path == tmp_path / "out"
+    assert [(who, repo, kw["private"]) for who, repo, kw in calls] == [("model", "me/looper-math", True),
+                                                                      ("tok", "me/looper-math", True)]
+    assert export.export_ppo(cfg, out_dir=tmp_path / "quiet", device=CPU).pushed_to == "" and len(calls) == 2
