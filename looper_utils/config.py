@@ -94,6 +94,9 @@ class SFTStageConfig:
     lr_scheduler: str = "linear"  # transformers scheduler name: "linear", "cosine", "constant", ...
     save_steps: int = 100  # Trainer checkpoint every N optimizer steps (the resume points)
     resume: bool = True  # continue from checkpoints/sft-trainer when it holds a run with the same settings
+    # "none" | "tensorboard" | "wandb" | "trackio": where the Trainer also logs loss and learning rate
+    # (tensorboard: runs/<run_id>/tb/02_sft); checked with the install command in sft.check_report_to
+    report_to: str = "none"
 
 
 @dataclass(frozen=True)

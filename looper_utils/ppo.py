@@ -91,21 +91,42 @@ def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
     return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device))
 
 
+def _tracked_config(cfg: Config) -> dict[str, Any]:
+    """The run's PPO and reward settings as flat scalars (TensorBoard's hparams take no nested dicts).
+
+    >>> from looper_utils.config import smoke
+    >>> c = _tracked_config(smoke())
+    >>> c["ppo.k"], c["reward.correct"], c["run_id"]
+    (4, 1.0, 'latest')
+    """
+    out: dict[str, Any] = {"profile": cfg.profile, "run_id": cfg.run_id, "seed": cfg.seed}
+    for sec in ("ppo", "reward"):
+        out.update({f"{sec}.{k}": v for k, v in vars(getattr(cfg, sec)).items()})
+    return out
+
+
 class Distributed:
     """What the loop needs of accelerate: rank, world size, gradient and metric averaging."""
 
     def __init__(self, cfg: Config) -> None:
+        from .sft import check_report_to, tracking_dir
+
         self.acc = None
+        log_with = None if check_report_to(cfg.ppo.report_to, "ppo.report_to") == "none" else cfg.ppo.report_to
         try:
             from accelerate import Accelerator
             from accelerate.state import PartialState
 
-            if PartialState().num_processes > 1 or cfg.ppo.report_to != "none":
+            if PartialState().num_processes > 1 or log_with:
                 cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-                log_with = None if cfg.ppo.report_to == "none" else cfg.ppo.report_to
-                self.acc = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(cfg.run_dir))
+                tb = tracking_dir(cfg, "05_ppo")
+                self.acc = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(tb.parent))
                 if log_with:
-                    self.acc.init_trackers("looper_ppo", config={"ppo": vars(cfg.ppo)})
+                    # the tensorboard tracker writes under <project_dir>/<project name>; wandb and trackio
+                    # take the project name as their project
+                    self.acc.init_trackers(tb.name if log_with == "tensorboard" else "looper",
+                                           config=_tracked_config(cfg),
+                                           init_kwargs={"wandb": {"name": f"{cfg.run_id}-05_ppo"}})
         except ImportError:  # accelerate is a dependency; without it the loop runs on one device
             pass
 

@@ -7,6 +7,8 @@ an option, and resume from the last Trainer checkpoint
 (``checkpoints/sft-trainer/checkpoint-N``) when one was written with the same
 settings. The finished model (full weights or adapter), its tokenizer,
 ``looper_config.json`` and ``looper_state.json`` go to ``checkpoints/sft/``.
+``sft.report_to`` sends the loss and learning rate to a tracker as well
+(``tensorboard``: ``runs/<run_id>/tb/02_sft``, see ``check_report_to``).
 
 The Trainer writes a checkpoint file by file, so a run killed (or out of
 disk) while saving leaves a partial ``checkpoint-N``. Only complete ones are
@@ -25,6 +27,7 @@ PPO scores.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -48,7 +51,7 @@ from .modeling import apply_lora, count_params, quiet_progress, resolve_device, 
 from .prompts import build_prompt, completion_starts_in_think, encode_completion, encode_prompt, sft_example
 
 __all__ = ["SFTResult", "build_dataset", "select_train_rows", "make_sft_config", "train_sft", "trainer_dir",
-           "dev_check"]
+           "dev_check", "TRACKERS", "check_report_to", "tracking_dir"]
 
 # Settings whose change makes an old Trainer checkpoint a different run (never resumed into).
 _TRAIN_KEYS = ("learning_rate", "batch_size", "grad_accum", "max_length", "packing", "warmup_ratio",
@@ -68,6 +71,39 @@ class SFTResult:
     n_truncated: int = 0
     resumed_from_step: int | None = None
     n_params: dict[str, int] = field(default_factory=dict)
+
+
+# report_to value -> (the package it imports, how to install it)
+TRACKERS = {"none": (None, ""),
+            "tensorboard": ("tensorboard", "pip install -e '.[track]' (or pip install tensorboard)"),
+            "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
+
+
+def check_report_to(value: str, key: str = "sft.report_to") -> str:
+    """``value`` if it names a tracker this project supports and whose package is installed.
+
+    Checked before training starts: the Trainer and accelerate would fail
+    later, or silently log nowhere.
+
+    >>> check_report_to("none")
+    'none'
+    >>> check_report_to("mlflow", "ppo.report_to")
+    Traceback (most recent call last):
+    ...
+    ValueError: ppo.report_to='mlflow' is not a supported tracker; use one of none, tensorboard, wandb, trackio
+    """
+    if value not in TRACKERS:
+        raise ValueError(f"{key}={value!r} is not a supported tracker; use one of {', '.join(TRACKERS)}")
+    module, install = TRACKERS[value]
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ImportError(f"{key}={value!r} needs the {module} package, which is not installed: {install}; "
+                          f"or set {key}='none'")
+    return value
+
+
+def tracking_dir(cfg: config_mod.Config, stage: str) -> Path:
+    """The TensorBoard folder of a stage (``02_sft``, ``05_ppo``); ``tensorboard --logdir runs/<run_id>`` shows all."""
+    return cfg.run_dir / "tb" / stage
 
 
 def trainer_dir(cfg: config_mod.Config) -> Path:
@@ -116,8 +152,8 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
             max_length=s.max_length, packing=s.packing, completion_only_loss=True,
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             gradient_checkpointing=checkpointing, optim="adamw_torch_fused" if cuda else "adamw_torch",
-            dataloader_pin_memory=cuda, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
-            disable_tqdm=not progress,
+            dataloader_pin_memory=cuda, report_to=check_report_to(s.report_to), seed=cfg.seed,
+            data_seed=cfg.seed, disable_tqdm=not progress, run_name=f"{cfg.run_id}-02_sft", project="looper",
         )
 
 
@@ -236,6 +272,19 @@ def _share_checkpoints():
     return ShareCheckpoints()
 
 
+def _point_tensorboard(trainer, log_dir: Path) -> None:
+    """Send the Trainer's TensorBoard events to ``log_dir``.
+
+    Its default, ``<output_dir>/runs/<date>_<host>``, would put them among
+    the resumable checkpoints, which a changed setting deletes.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(log_dir)
+
+
 def _resume_plan(trainer, resume: str | None) -> tuple[str | None, bool]:
     """(checkpoint to resume, whether it already holds every planned step).
 
@@ -315,6 +364,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
         with quiet_progress():
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[_share_checkpoints(), _progress_lines()])
+            _point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
             resume, finished = _resume_plan(trainer, resume)
             seconds = 0.0 if finished else \
                 float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
