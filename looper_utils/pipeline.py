@@ -139,8 +139,14 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
     declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in have}
     unused = [k for k in params if not any(k in d for d in declared.values())]
     if unused:
-        raise UsageError(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
-                         "see `papermill --help-notebook notebooks/NN_stage.ipynb`")
+        import difflib
+
+        names = sorted({n for d in declared.values() for n in d})
+        hints = [f"{k!r}: did you mean {m[0]!r}?" for k in unused
+                 for m in [difflib.get_close_matches(k, names, n=1, cutoff=0.75)] if m]
+        raise UsageError(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}"
+                         + (f" ({'; '.join(hints)})" if hints else "")
+                         + "; see `papermill --help-notebook notebooks/NN_stage.ipynb`")
     run_id = run_id if run_id is not None else default_run_id(profile)
     try:
         check_run_id(run_id)
