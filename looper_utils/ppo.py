@@ -29,13 +29,16 @@ processes before each optimiser step; metrics are averaged; rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
+import math
 import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -46,7 +49,7 @@ from .artifacts import Timer, atomic_write_text
 from .config import Config
 from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
-                         policy_loss, token_rewards, value_loss)
+                         policy_loss, ppo_diagnostics, token_rewards, value_loss)
 from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
 from .ppo_resume import can_resume, resume_signature, write_signature
 from .regime_w.arms import build_arms, learning_signal, make_bandit
@@ -84,6 +87,105 @@ def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
         mask[i, p - 1:len(seq) - 1] = 1.0  # logits at p-1 predict the first completion token
     group = torch.tensor([s.prompt_index for s in samples])
     return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device))
+
+
+@dataclass
+class Rollout:
+    """What ``PPOTrainer.sample`` drew for one iteration: the prompts, their arms, the samples, the batch."""
+
+    iteration: int
+    rows: list[dict]  # the problems, one per prompt
+    arm_ids: list[int]  # the bandit's arm of each prompt
+    result: Any  # generation.GenerationResult: k samples per prompt, in prompt order
+    batch: Batch
+
+    @property
+    def samples(self) -> list[Any]:
+        return self.result.samples
+
+
+@dataclass
+class Scored:
+    """What ``PPOTrainer.score`` measured: one Regime W score, reward and components per sample."""
+
+    scores: list[Any]  # regime_w.Score
+    rewards: torch.Tensor  # [B] float32
+    components: list[dict[str, float]]
+    correct: list[bool]
+    styles: list[str]  # data.completion_style of each sample
+
+
+@dataclass
+class Advantages:
+    """What ``PPOTrainer.advantages`` computed: the forward pass of the batch and the advantages from it."""
+
+    kind: str  # "gae" | "group"
+    old: dict[str, torch.Tensor]  # "logp" (sampling policy), "ref" (reference), "values": [B, L-1]
+    adv: torch.Tensor  # [B, L-1], 0 on padding
+    ret: torch.Tensor  # [B, L-1] value targets (gae); the old values (group: no critic)
+    kl_tok: torch.Tensor  # [B, L-1] per-token k1 KL to the reference, 0 on padding
+    token_rewards: torch.Tensor | None  # [B, L-1] KL penalty + final reward (gae), None for group
+
+
+def optimizer_steps(cfg: Config, world: int = 1) -> int:
+    """Policy optimiser steps of a whole run: iterations x ppo_epochs x minibatches per iteration.
+
+    >>> from looper_utils import config
+    >>> optimizer_steps(config.build("smoke", stage="ppo", iterations=3, prompts_per_iter=4, k=2, minibatch_size=3,
+    ...                              ppo_epochs=2))
+    18
+    """
+    p = cfg.ppo
+    sequences = max(1, p.prompts_per_iter // world) * p.k  # what _pick_prompts draws, k samples each
+    return max(1, p.iterations) * p.ppo_epochs * math.ceil(sequences / p.minibatch_size)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The policy learning rate's multiplier at optimiser step ``step`` (0-based) of ``total``.
+
+    Warm-up: ``(step + 1) / warmup`` over the first ``warmup`` steps. Then ``constant`` stays at 1;
+    ``linear`` falls from 1 to 0, reaching 0 after the last step (the transformers convention).
+
+    >>> [lr_factor(s, 4, 0, "linear") for s in range(5)]
+    [1.0, 0.75, 0.5, 0.25, 0.0]
+    >>> [lr_factor(s, 4, 2, "constant") for s in range(4)]
+    [0.5, 1.0, 1.0, 1.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    raise ValueError(f"ppo.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
+def samples_table(rollout: Rollout, scored: Scored) -> "Any":
+    """One row per sample: prompt, completion, reward, each component, correct, format, style."""
+    import pandas as pd
+
+    return pd.DataFrame([{"prompt": s.prompt_index, "sample": s.sample_idx, "gold": rollout.rows[s.prompt_index]["gold"],
+                          "completion": s.text, "reward": float(r), **{f"c_{k}": v for k, v in c.items()},
+                          "correct": sc.correct, "format_ok": sc.format_ok, "finish": s.finish_reason, "style": st}
+                         for s, r, c, sc, st in zip(rollout.samples, scored.rewards.tolist(), scored.components,
+                                                    scored.scores, scored.styles)])
+
+
+def sequence_table(tokenizer, rollout: Rollout, advantages: dict[str, Advantages], i: int) -> "Any":
+    """Token by token for sample ``i``: the token, log-probs, KL, value, token reward, each advantage."""
+    import pandas as pd
+
+    m = rollout.batch.mask[i].bool()
+    ids = rollout.batch.input_ids[i, 1:][m].tolist()
+    first = next(iter(advantages.values()))
+    out = {"token": tokenizer.convert_ids_to_tokens(ids),
+           "logp": first.old["logp"][i][m].tolist(), "ref_logp": first.old["ref"][i][m].tolist(),
+           "kl_k1": first.kl_tok[i][m].tolist(), "value": first.old["values"][i][m].tolist()}
+    for name, a in advantages.items():
+        if a.token_rewards is not None:
+            out[f"token_reward ({name})"] = a.token_rewards[i][m].tolist()
+        out[f"advantage ({name})"] = a.adv[i][m].tolist()
+    return pd.DataFrame(out)
 
 
 class Distributed:
@@ -168,8 +270,12 @@ class PPOTrainer:
         self.policy_params, self.value_params = pol, val
         self.opt_pi = torch.optim.AdamW(pol, lr=self.p.learning_rate, weight_decay=0.0)
         self.opt_v = torch.optim.AdamW(val, lr=self.p.value_learning_rate, weight_decay=0.0)
-        total = max(1, self.p.iterations)
-        self.sched_pi = torch.optim.lr_scheduler.LambdaLR(self.opt_pi, lambda i: max(0.0, 1.0 - i / (total * self.p.ppo_epochs * 1000)))
+        # the policy's schedule over every optimiser step of the run (cfg.ppo.iterations, whatever train() is
+        # asked for); the value model's learning rate stays constant
+        self.total_steps = optimizer_steps(cfg, self.dist.world)
+        self.warmup_steps = round(self.total_steps * self.p.warmup_iterations / max(1, self.p.iterations))
+        self.sched_pi = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_pi, lambda i: lr_factor(i, self.total_steps, self.warmup_steps, self.p.lr_schedule))
         self.sched_v = torch.optim.lr_scheduler.LambdaLR(self.opt_v, lambda i: 1.0)
         self.signature = resume_signature(cfg, train_rows)
         self.iteration = 0
@@ -200,60 +306,151 @@ class PPOTrainer:
                 outs["values"].append(self.pv.values(ids, att))
         return {k: torch.cat(v) for k, v in outs.items()}
 
-    def iterate(self, it: int) -> dict[str, Any]:
-        timer = Timer()
+    # the steps of one iteration, public so 05 can run them one at a time
+    @property
+    def tokenizer(self):
+        return self.pv.tokenizer
+
+    @contextlib.contextmanager
+    def policy(self) -> Iterator[Any]:
+        """The model with the policy adapter active: ``with trainer.policy() as model: generate(model, ...)``."""
+        with self.pv.use(POLICY):
+            yield self.pv.model
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The model as the frozen reference (the SFT weights), the policy's KL anchor."""
+        with self.pv.use(REF):
+            yield self.pv.model
+
+    def sample(self, it: int) -> Rollout:
+        """Steps 1-2: the bandit picks each prompt's arm, the policy samples ``k`` completions per prompt."""
         rows, arm_ids = self._pick_prompts(it)
-        with timer.section("generate"):
-            with self.pv.use(POLICY):
-                res = generate(self.pv.model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style)
-                                                          for r in rows],
-                               n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
-                               batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
-                               progress=False, backend=self.cfg.rollouts.backend)
-        with timer.section("score"):
-            scores = [score(s.text, rows[s.prompt_index], finish_reason=s.finish_reason, n_tokens=s.n_tokens,
-                            think=self.think) for s in res.samples]
-            rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
-            comps = [components(sc) for sc in scores]
-            correct = [bool(sc.correct) for sc in scores]
-            styles = [completion_style(s.text, think=self.think) for s in res.samples]
-        b = make_batch(res.samples, self.tok.pad_token_id, self.device)
-        with timer.section("forward"):
-            old = self._forward_all(b)
-            m = b.mask
-            kl_tok = kl_k1(old["logp"], old["ref"]) * m
-            r = rewards.to(self.device)
-            if self.p.advantage == "gae":
-                tr = token_rewards(r, old["logp"], old["ref"], m, self.p.kl_coef)
-                adv, ret = gae(tr, old["values"] * m, m, self.p.gamma, self.p.lam)
-                adv = masked_whiten(adv, m)
-            else:
-                seq_adv = group_advantages(r, b.group)
-                adv = seq_adv[:, None] * m
-                ret = old["values"] * m  # no critic in the loss; kept for the log
-        with timer.section("update"):
-            stats = self._update(b, old, adv, ret)
-        # bandit: each arm is paid the learning signal of its rollouts this iteration
+        with self.policy() as model:
+            res = generate(model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style) for r in rows],
+                           n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
+                           batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
+                           progress=False, backend=self.cfg.rollouts.backend)
+        return Rollout(it, rows, arm_ids, res, make_batch(res.samples, self.tok.pad_token_id, self.device))
+
+    def score(self, rollout: Rollout) -> Scored:
+        """Step 3: Regime W scores every sample and weighs the components into one reward."""
+        scores = [score(s.text, rollout.rows[s.prompt_index], finish_reason=s.finish_reason, n_tokens=s.n_tokens,
+                        think=self.think) for s in rollout.samples]
+        rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
+        return Scored(scores, rewards, [components(sc) for sc in scores], [bool(sc.correct) for sc in scores],
+                      [completion_style(s.text, think=self.think) for s in rollout.samples])
+
+    def advantages(self, rollout: Rollout, scored: Scored, kind: str | None = None,
+                   old: dict[str, torch.Tensor] | None = None) -> Advantages:
+        """Steps 4-5: old, reference log-probs and values (or ``old`` from another call), then advantages.
+
+        ``kind`` is the config's ``ppo.advantage`` unless given: 05 computes both from one batch.
+        """
+        kind = kind or self.p.advantage
+        b = rollout.batch
+        old = old if old is not None else self._forward_all(b)
+        m = b.mask
+        kl_tok = kl_k1(old["logp"], old["ref"]) * m
+        r = scored.rewards.to(self.device)
+        tr = None
+        if kind == "gae":
+            tr = token_rewards(r, old["logp"], old["ref"], m, self.p.kl_coef)
+            adv, ret = gae(tr, old["values"] * m, m, self.p.gamma, self.p.lam)
+            adv = masked_whiten(adv, m)
+        else:
+            seq_adv = group_advantages(r, b.group)
+            adv = seq_adv[:, None] * m
+            ret = old["values"] * m  # no critic in the loss; kept for the log
+        return Advantages(kind, old, adv, ret, kl_tok, tr)
+
+    def update(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
+        """Step 6: PPO epochs over shuffled minibatches (policy, and the value model with ``gae``)."""
+        return self._update(rollout.batch, adv.old, adv.adv, adv.ret)
+
+    def update_bandit(self, rollout: Rollout, scored: Scored) -> dict[int, float]:
+        """Step 7: each arm drawn is paid the learning signal p(1-p) of its samples; returns the payments."""
         by_arm: dict[int, list[bool]] = {}
-        for s, c in zip(res.samples, correct):
-            by_arm.setdefault(arm_ids[s.prompt_index], []).append(c)
+        for s, c in zip(rollout.samples, scored.correct):
+            by_arm.setdefault(rollout.arm_ids[s.prompt_index], []).append(c)
+        paid = {}
         for a, flags in by_arm.items():
-            self.bandit.update(a, learning_signal(flags))
-        n_tok = sum(s.n_tokens for s in res.samples)
+            paid[a] = learning_signal(flags)
+            self.bandit.update(a, paid[a])
+        return paid
+
+    def diagnostics(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
+        """Ratio, clipped objective, KL and value loss of the current policy on the whole batch, without
+        stepping (``ppo_losses.ppo_diagnostics``): before ``update`` the ratio is 1, after it is not."""
+        b = rollout.batch
+        logp, values = [], []
+        mb = self.p.minibatch_size
+        with torch.no_grad():
+            for s in range(0, len(b.input_ids), mb):
+                ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
+                logp.append(self.pv.token_logprobs(POLICY, ids, att, temperature=self.p.temperature)[0])
+                values.append(self.pv.values(ids, att))
+        return ppo_diagnostics(torch.cat(logp), adv.old["logp"], adv.old["ref"], adv.adv, b.mask, self.p.clip_range,
+                               torch.cat(values), adv.old["values"], adv.ret, self.p.value_clip)
+
+    @contextlib.contextmanager
+    def rehearsal(self) -> Iterator[None]:
+        """Run steps on the live model, then put back the weights, optimisers, schedules, bandit and RNGs.
+
+        05 walks through one iteration inside it, so ``train()`` afterwards computes exactly what
+        ``python -m looper_utils.ppo`` does.
+        """
+        saved = {"trainable": self.pv.trainable_state(),
+                 "opt_pi": copy.deepcopy(self.opt_pi.state_dict()), "opt_v": copy.deepcopy(self.opt_v.state_dict()),
+                 "sched_pi": self.sched_pi.state_dict(), "sched_v": self.sched_v.state_dict(),
+                 "bandit": copy.deepcopy(self.bandit.state_dict()),
+                 "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+                         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)}
+        try:
+            yield
+        finally:
+            self.pv.load_trainable_state(saved["trainable"])
+            self.opt_pi.load_state_dict(saved["opt_pi"])
+            self.opt_v.load_state_dict(saved["opt_v"])
+            self.sched_pi.load_state_dict(saved["sched_pi"])
+            self.sched_v.load_state_dict(saved["sched_v"])
+            self.bandit.load_state_dict(saved["bandit"])
+            torch.set_rng_state(saved["rng"][0])
+            random.setstate(saved["rng"][1])
+            np.random.set_state(saved["rng"][2])
+            if saved["rng"][3] is not None:
+                torch.cuda.set_rng_state_all(saved["rng"][3])
+            self.pv.model.eval()
+
+    def iterate(self, it: int) -> dict[str, Any]:
+        """One whole iteration: ``sample``, ``score``, ``advantages``, ``update``, ``update_bandit``, metrics."""
+        timer = Timer()
+        with timer.section("generate"):
+            roll = self.sample(it)
+        with timer.section("score"):
+            scored = self.score(roll)
+        with timer.section("forward"):
+            adv = self.advantages(roll, scored)
+        with timer.section("update"):
+            stats = self.update(roll, adv)
+        self.update_bandit(roll, scored)
+        samples, rewards, comps = roll.samples, scored.rewards, scored.components
+        n_tok = sum(s.n_tokens for s in samples)
         t = timer.totals
         metrics = {
             "iteration": it + 1,
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "accuracy": float(np.mean(correct)),
+            "accuracy": float(np.mean(scored.correct)),
             **{f"r_{k}": float(np.mean([c[k] for c in comps])) for k in comps[0]},
-            "kl": float((kl_tok.sum(1)).mean()), "response_length": n_tok / len(res.samples),
-            **{f"style_{k}": v for k, v in style_shares(styles).items()},
-            "truncated": float(np.mean([s.finish_reason == "length" for s in res.samples])),
+            "kl": float((adv.kl_tok.sum(1)).mean()), "response_length": n_tok / len(samples),
+            **{f"style_{k}": v for k, v in style_shares(scored.styles).items()},
+            "truncated": float(np.mean([s.finish_reason == "length" for s in samples])),
             **stats,
+            "lr": self.sched_pi.get_last_lr()[0],
             "t_generate": t.get("generate", 0.0), "t_score": t.get("score", 0.0),
             "t_forward": t.get("forward", 0.0), "t_update": t.get("update", 0.0),
-            "gen_tokens_per_second": res.tokens_per_second,
-            "arms": {str(a): sum(1 for x in arm_ids if x == a) for a in sorted(set(arm_ids))},
+            "gen_tokens_per_second": roll.result.tokens_per_second,
+            "arms": {str(a): sum(1 for x in roll.arm_ids if x == a) for a in sorted(set(roll.arm_ids))},
         }
         return self.dist.average(metrics)
 
