@@ -311,6 +311,11 @@ class PPOTrainer:
     def tokenizer(self):
         return self.pv.tokenizer
 
+    @property
+    def reference_mode(self) -> str:
+        """``disabled``: the reference is the SFT weights with the adapters off; ``adapter``: a frozen SFT adapter."""
+        return self.pv.ref_mode
+
     @contextlib.contextmanager
     def policy(self) -> Iterator[Any]:
         """The model with the policy adapter active: ``with trainer.policy() as model: generate(model, ...)``."""
@@ -393,34 +398,40 @@ class PPOTrainer:
         return ppo_diagnostics(torch.cat(logp), adv.old["logp"], adv.old["ref"], adv.adv, b.mask, self.p.clip_range,
                                torch.cat(values), adv.old["values"], adv.ret, self.p.value_clip)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an iteration changes (weights, optimisers, schedules, bandit, RNGs), in memory,
+        for ``restore``. Not the checkpoint format: nothing is written."""
+        return {"trainable": self.pv.trainable_state(),
+                "opt_pi": copy.deepcopy(self.opt_pi.state_dict()), "opt_v": copy.deepcopy(self.opt_v.state_dict()),
+                "sched_pi": self.sched_pi.state_dict(), "sched_v": self.sched_v.state_dict(),
+                "bandit": copy.deepcopy(self.bandit.state_dict()),
+                "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+                        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Put back what ``snapshot`` took: 05 walks through one iteration between the two, so ``train()``
+        afterwards computes exactly what ``python -m looper_utils.ppo`` does."""
+        self.pv.load_trainable_state(snap["trainable"])
+        self.opt_pi.load_state_dict(copy.deepcopy(snap["opt_pi"]))
+        self.opt_v.load_state_dict(copy.deepcopy(snap["opt_v"]))
+        self.sched_pi.load_state_dict(snap["sched_pi"])
+        self.sched_v.load_state_dict(snap["sched_v"])
+        self.bandit.load_state_dict(copy.deepcopy(snap["bandit"]))
+        torch.set_rng_state(snap["rng"][0])
+        random.setstate(snap["rng"][1])
+        np.random.set_state(snap["rng"][2])
+        if snap["rng"][3] is not None:
+            torch.cuda.set_rng_state_all(snap["rng"][3])
+        self.pv.model.eval()
+
     @contextlib.contextmanager
     def rehearsal(self) -> Iterator[None]:
-        """Run steps on the live model, then put back the weights, optimisers, schedules, bandit and RNGs.
-
-        05 walks through one iteration inside it, so ``train()`` afterwards computes exactly what
-        ``python -m looper_utils.ppo`` does.
-        """
-        saved = {"trainable": self.pv.trainable_state(),
-                 "opt_pi": copy.deepcopy(self.opt_pi.state_dict()), "opt_v": copy.deepcopy(self.opt_v.state_dict()),
-                 "sched_pi": self.sched_pi.state_dict(), "sched_v": self.sched_v.state_dict(),
-                 "bandit": copy.deepcopy(self.bandit.state_dict()),
-                 "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state(),
-                         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)}
+        """``snapshot`` on entry, ``restore`` on exit: steps run inside leave the trainer as it was."""
+        snap = self.snapshot()
         try:
             yield
         finally:
-            self.pv.load_trainable_state(saved["trainable"])
-            self.opt_pi.load_state_dict(saved["opt_pi"])
-            self.opt_v.load_state_dict(saved["opt_v"])
-            self.sched_pi.load_state_dict(saved["sched_pi"])
-            self.sched_v.load_state_dict(saved["sched_v"])
-            self.bandit.load_state_dict(saved["bandit"])
-            torch.set_rng_state(saved["rng"][0])
-            random.setstate(saved["rng"][1])
-            np.random.set_state(saved["rng"][2])
-            if saved["rng"][3] is not None:
-                torch.cuda.set_rng_state_all(saved["rng"][3])
-            self.pv.model.eval()
+            self.restore(snap)
 
     def iterate(self, it: int) -> dict[str, Any]:
         """One whole iteration: ``sample``, ``score``, ``advantages``, ``update``, ``update_bandit``, metrics."""

@@ -113,3 +113,19 @@ def test_section_parameters_reach_the_config(path):
     assert (cfg.reward.correct, cfg.reward.format, cfg.bandit.algorithm) == (0.5, 0.0, "uniform")
     nb = nbformat.read(path, as_version=4)
     assert any("config.section_parameters(globals())" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_use_public_names_and_import_at_the_top(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(code):
+        tree = ast.parse(c.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert not (node.attr.startswith("_") and not node.attr.startswith("__")), \
+                    f"code cell {i} uses a private attribute .{node.attr}"
+                if isinstance(node.value, ast.Name) and node.value.id == "trainer":
+                    assert node.attr not in ("pv", "tok"), f"code cell {i} reaches into trainer.{node.attr}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert i <= 1, f"code cell {i} imports: imports belong in the first cells"

@@ -263,3 +263,17 @@ def test_warmup_ramps_the_policy_learning_rate():
     assert ppo.lr_factor(4, 10, 4, "linear") == 1.0 and ppo.lr_factor(10, 10, 4, "linear") == 0.0
     factors = [ppo.lr_factor(s, 10, 4, "linear") for s in range(4, 11)]
     assert factors == sorted(factors, reverse=True)
+
+
+def test_snapshot_and_restore_span_notebook_cells(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "snap")
+    snap = tr.snapshot()
+    roll = tr.sample(0)
+    scored = tr.score(roll)
+    tr.update(roll, tr.advantages(roll, scored))
+    tr.update_bandit(roll, scored)
+    moved = tr.pv.trainable_state()
+    tr.restore(snap)
+    assert any(not torch.equal(moved[k], v) for k, v in snap["trainable"].items())
+    assert all(torch.equal(v, tr.pv.trainable_state()[k]) for k, v in snap["trainable"].items())
+    assert tr.sched_pi.last_epoch == 0 and not tr.opt_pi.state and tr.reference_mode == "disabled"
