@@ -80,3 +80,10 @@ def test_one_reward_parameter_reaches_04_and_05(tmp_path, monkeypatch):
     assert set(got) == {"04_regime_w", "05_ppo"}
     for params in got.values():
         assert params["reward__correct"] == 0.5 and params["bandit__arms"] == "pass_rate"
+
+
+@pytest.mark.parametrize("old, new", [("arms", "bandit__arms"), ("w_correct", "reward__correct"),
+                                      ("bandit_algorithm", "bandit__algorithm")])
+def test_old_reward_and_bandit_names_point_to_the_new_ones(tmp_path, old, new):
+    with pytest.raises(SystemExit, match=rf"'{old}': did you mean '{new}'\?"):
+        pipeline.run("smoke", stages=["04", "05"], run_id="x", root=tmp_path, params={old: 1}, log=lambda *_: None)
