@@ -211,6 +211,7 @@ class PPOTrainer:
     # the steps of one iteration, public so 05 can run them one at a time
     @property
     def tokenizer(self):
+        """The policy's tokenizer (the SFT checkpoint's), for prompts and for reading token ids."""
         return self.pv.tokenizer
 
     @property
@@ -255,6 +256,8 @@ class PPOTrainer:
         ``kind`` is the config's ``ppo.advantage`` unless given: 05 computes both from one batch.
         """
         kind = kind or self.p.advantage
+        if kind not in ("gae", "group"):
+            raise ValueError(f"advantage kind must be 'gae' or 'group', got {kind!r}")
         b = rollout.batch
         old = old if old is not None else self._forward_all(b)
         m = b.mask
