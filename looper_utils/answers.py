@@ -56,8 +56,8 @@ import threading
 import time
 from fractions import Fraction
 
-__all__ = ["answer_region", "extract_answer", "normalize_number", "numbers_equal", "is_correct",
-           "final_answer_candidates", "MAX_ANSWER_CHARS", "TIME_BUDGET_S"]
+__all__ = ["answer_region", "extract_answer", "normalize_number", "numbers_equal", "is_correct", "format_ok",
+           "grade", "final_answer_candidates", "MAX_ANSWER_CHARS", "TIME_BUDGET_S"]
 
 MAX_ANSWER_CHARS = 10_000  # only this many characters at the end of the answer region are read
 TIME_BUDGET_S = 1  # seconds per call: Math-Verify's parsing_timeout, and no Math-Verify once spent
@@ -397,3 +397,59 @@ def is_correct(completion: str, gold: str, mode: str = "flexible", think: bool =
     """
     pred = extract_answer(completion, mode=mode, think=think)
     return numbers_equal(pred, normalize_number(str(gold)))
+
+
+def format_ok(text: str, think: bool = False) -> bool:
+    r"""Whether ``text`` ends the GSM8K way: its answer region's last line is its one ``#### N`` line.
+
+    The rule, the same for the reward (04, 05), the SFT check (02) and the
+    evaluation (06):
+
+    1. there is an answer region (``answer_region``: a think block is closed,
+       or there is none);
+    2. the region holds exactly one ``####`` mark (drafts inside the think
+       block do not count: they are not in the region);
+    3. that mark starts the region's last non-blank line: nothing follows the
+       final answer (GSM8K's own solutions end there; text after it is where
+       a second answer hides);
+    4. the line holds one number, as the strict reader reads it.
+
+    Correctness does not depend on it: "The answer is 72." can be correct
+    (flexible reading) without being well formed.
+
+    >>> format_ok("48+24=72\n#### 72"), format_ok("48+24=72\n#### 72\n\n")
+    (True, True)
+    >>> format_ok("48+24=72\n#### 72\nThat is all.")  # the answer line is not last
+    False
+    >>> format_ok("#### 5\n#### 6"), format_ok("#### 72 #### 72"), format_ok("the answer is 5")
+    (False, False, False)
+    >>> format_ok("#### 70 or 72"), format_ok("#### seventy-two"), format_ok("  #### $1,000.")
+    (False, False, True)
+    >>> format_ok("<think>draft #### 70</think>48+24=72\n#### 72")  # drafts in the block are not read
+    True
+    >>> format_ok("<think>48+24=72\n#### 72"), format_ok("48+24=72\n#### 72", think=True)  # never closed
+    (False, False)
+    >>> format_ok("48+24=72\n</think>\n#### 72", think=True)
+    True
+    """
+    region = answer_region(text if isinstance(text, str) else "", think=think)
+    if region is None or region.count("####") != 1:
+        return False
+    body = region.rstrip()
+    last_line = body[body.rfind("\n") + 1:]
+    return last_line.lstrip().startswith("####") and extract_answer(text, "strict", think=think) is not None
+
+
+def grade(text: str, gold: str | None, think: bool = False) -> dict[str, object]:
+    r"""Every verdict the stages keep about one completion: both readings, both verdicts, the format.
+
+    >>> grade("48+24=72\n#### 72\nThat is all.", "72")
+    {'extracted': '72', 'extracted_strict': '72', 'correct': True, 'correct_strict': True, 'format_ok': False}
+    >>> grade("so 72", "72")
+    {'extracted': '72', 'extracted_strict': None, 'correct': True, 'correct_strict': False, 'format_ok': False}
+    """
+    gold_n = normalize_number(str(gold)) if gold is not None else None
+    flexible = extract_answer(text, "flexible", think=think)
+    strict = extract_answer(text, "strict", think=think)
+    return {"extracted": flexible, "extracted_strict": strict, "correct": numbers_equal(flexible, gold_n),
+            "correct_strict": numbers_equal(strict, gold_n), "format_ok": format_ok(text, think=think)}

@@ -170,6 +170,10 @@ class PPOConfig:
     resume: bool = True
     report_to: str = "none"  # "none" | "tensorboard" | "wandb" | "trackio"
     gradient_checkpointing: bool = False  # recompute activations in the update (large models)
+    # policy learning rate over the optimiser steps (ppo.optimizer_steps): "constant", or "linear" decay
+    # to 0 at the last step; both ramp up linearly over the first warmup_iterations' steps
+    lr_schedule: str = "constant"
+    warmup_iterations: int = 0
 
 
 @dataclass(frozen=True)
@@ -481,6 +485,40 @@ def _resolve(key: str, stage: str | None) -> tuple[str | None, str]:
     raise KeyError(key)
 
 
+def _suggest(key: str) -> str:
+    """A "did you mean" for an unknown key, written the way the key was (dotted, ``__`` or bare).
+
+    >>> _suggest("reward__corect"), _suggest("bandit.algoritm"), _suggest("iteratons"), _suggest("zzz")
+    (" (did you mean 'reward__correct'?)", " (did you mean 'bandit.algorithm'?)", " (did you mean 'iterations'?)", '')
+    """
+    import difflib
+
+    keys = valid_keys()
+    if "__" in key:
+        pool = [k.replace(".", "__") for k in keys]
+    elif "." in key:
+        pool = keys
+    else:
+        pool = list(dict.fromkeys(k.rsplit(".", 1)[-1] for k in keys))
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def section_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The ``section__field`` parameters in a notebook's namespace (``globals()``), for ``build``.
+
+    04 and 05 declare the same ``reward__*`` and ``bandit__*`` parameters and
+    pass them all with ``**config.section_parameters(globals())``, so one
+    ``-p reward__correct=0.5`` reaches both, and a misspelt ``-p`` that
+    papermill injects anyway stops ``build`` with a "did you mean".
+
+    >>> section_parameters({"reward__correct": 0.5, "bandit__arms": None, "k": 2, "__name__": "x", "tmp__x": 1})
+    {'reward__correct': 0.5, 'bandit__arms': None}
+    """
+    return {k: v for k, v in namespace.items()
+            if "__" in k and not k.startswith("_") and k.split("__", 1)[0] in _SECTIONS}
+
+
 def _override(cfg: Config, stage: str | None, params: dict[str, Any]) -> Config:
     hints = typing.get_type_hints(Config)
     top_changes: dict[str, Any] = {}
@@ -491,7 +529,7 @@ def _override(cfg: Config, stage: str | None, params: dict[str, Any]) -> Config:
         try:
             sec, name = _resolve(key, stage)
         except KeyError as exc:
-            msg = exc.args[0] if exc.args and exc.args[0] != key else f"unknown parameter {key!r}"
+            msg = exc.args[0] if exc.args and exc.args[0] != key else f"unknown parameter {key!r}{_suggest(key)}"
             raise ValueError(f"{msg}. Valid keys: {', '.join(valid_keys())}") from None
         try:
             if sec is None:
@@ -648,6 +686,9 @@ def _validate(cfg: Config) -> None:
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
         (all(t in ("platinum", "gsm8k_test", "dev") for t in cfg.eval.test_sets),
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
+        (cfg.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be 'constant' or 'linear'"),
+        (0 <= cfg.ppo.warmup_iterations <= cfg.ppo.iterations,
+         "ppo.warmup_iterations must be between 0 and ppo.iterations"),
     ]
     for ok, msg in checks:
         if not ok:

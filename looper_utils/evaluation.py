@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
+from .answers import extract_answer, format_ok, normalize_number, numbers_equal
 from .artifacts import MissingInputError, check_manifest, progress_line, require
 from .shards import n_shards, shard_path, write_missing
 from .config import Config
@@ -193,20 +193,7 @@ def load_test_set(cfg: Config, name: str) -> list[dict]:
 
 
 # ---- grading -------------------------------------------------------------------------------
-
-def format_ok(text: str, think: bool = False) -> bool:
-    """Exactly one ``#### N`` line, holding one number, where the answer may be (after ``</think>``).
-
-    >>> format_ok("2+3=5\\n#### 5"), format_ok("#### 5\\n#### 6"), format_ok("the answer is 5")
-    (True, False, False)
-    >>> format_ok("<think>\\n#### 5\\n</think>\\n#### 5"), format_ok("#### 5", think=True)
-    (False, False)
-    """
-    region = answer_region(text, think=think)
-    lines = final_answer_candidates(text)
-    return (region is not None and len(lines) == 1 and len(final_answer_candidates(region)) == 1
-            and normalize_number(lines[0]) is not None)
-
+# ``format_ok`` is ``answers.format_ok``, the rule the reward pays for (re-exported for 06)
 
 def grade_question(problem: Mapping[str, Any], texts: Sequence[str], finish_reasons: Sequence[str],
                    n_tokens: Sequence[int], think: bool) -> dict[str, Any]:

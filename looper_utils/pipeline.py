@@ -103,6 +103,27 @@ def declared_parameters(nb_path: Path) -> dict[str, str]:
     raise StageFailed(f"{nb_path}: no code cell tagged 'parameters'; tag the first code cell")
 
 
+def did_you_mean(key: str, names: list[str]) -> str | None:
+    """The declared parameter ``key`` most likely meant: a close spelling, or the one ``section__field``
+    whose field is ``key`` (``arms``, and ``w_correct`` of older notebooks, become ``bandit__arms``,
+    ``reward__correct``).
+
+    >>> names = ["k", "reward__correct", "bandit__arms", "bandit__algorithm"]
+    >>> did_you_mean("reward__corect", names), did_you_mean("arms", names), did_you_mean("w_correct", names)
+    ('reward__correct', 'bandit__arms', 'reward__correct')
+    >>> did_you_mean("bandit_algorithm", names), did_you_mean("nothing_like_it", names)
+    ('bandit__algorithm', None)
+    """
+    import difflib
+
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    fields = {key, key.split("_", 1)[-1]}
+    tails = [n for n in names if "__" in n and n.split("__", 1)[1] in fields]
+    return tails[0] if len(tails) == 1 else None
+
+
 def parse_value(text: str) -> Any:
     """``-p`` values: Python literals when they parse (3, 0.5, True, None, [1, 2]), else the string.
 
@@ -204,8 +225,11 @@ def run(profile: str = "smoke", stages: list[str] | None = None, run_id: str | N
     declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in have}
     unused = [k for k in params if not any(k in d for d in declared.values())]
     if unused:
-        raise UsageError(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}; "
-                         "see `papermill --help-notebook notebooks/NN_stage.ipynb`")
+        names = sorted({n for d in declared.values() for n in d})
+        hints = [f"{k!r}: did you mean {m!r}?" for k in unused for m in [did_you_mean(k, names)] if m]
+        raise UsageError(f"parameter(s) {', '.join(unused)} are declared by none of {', '.join(have)}"
+                         + (f" ({'; '.join(hints)})" if hints else "")
+                         + "; see `papermill --help-notebook notebooks/NN_stage.ipynb`")
     run_id = run_id if run_id is not None else default_run_id(profile)
     try:
         check_run_id(run_id)

@@ -33,13 +33,15 @@ processes before each optimiser step; metrics are averaged; rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,10 +52,12 @@ from .artifacts import Timer, atomic_write_text, progress_line
 from .config import Config
 from .generation import generate
 from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
-                         policy_loss, token_rewards, value_loss)
+                         policy_loss, ppo_diagnostics, token_rewards, value_loss)
 from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
 from .ppo_resume import (STATE_TENSORS, StateError, can_resume, load_state, move_aside, resume_signature,
                          save_state, state_problem, write_signature)
+from .ppo_steps import (Advantages, Rollout, Scored, lr_factor, optimizer_steps,  # noqa: F401 - the tables for 05
+                        samples_table, sequence_table)
 from .regime_w.arms import build_arms, learning_signal, make_bandit
 from .regime_w.reward import components, reward
 from .regime_w.scoring import score
@@ -194,8 +198,12 @@ class PPOTrainer:
         self.policy_params, self.value_params = pol, val
         self.opt_pi = torch.optim.AdamW(pol, lr=self.p.learning_rate, weight_decay=0.0)
         self.opt_v = torch.optim.AdamW(val, lr=self.p.value_learning_rate, weight_decay=0.0)
-        total = max(1, self.p.iterations)
-        self.sched_pi = torch.optim.lr_scheduler.LambdaLR(self.opt_pi, lambda i: max(0.0, 1.0 - i / (total * self.p.ppo_epochs * 1000)))
+        # the policy's schedule over every optimiser step of the run (cfg.ppo.iterations, whatever train() is
+        # asked for); the value model's learning rate stays constant
+        self.total_steps = optimizer_steps(cfg, self.dist.world)
+        self.warmup_steps = round(self.total_steps * self.p.warmup_iterations / max(1, self.p.iterations))
+        self.sched_pi = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_pi, lambda i: lr_factor(i, self.total_steps, self.warmup_steps, self.p.lr_schedule))
         self.sched_v = torch.optim.lr_scheduler.LambdaLR(self.opt_v, lambda i: 1.0)
         self.signature = resume_signature(cfg, train_rows)
         self.iteration = 0
@@ -226,60 +234,165 @@ class PPOTrainer:
                 outs["values"].append(self.pv.values(ids, att))
         return {k: torch.cat(v) for k, v in outs.items()}
 
-    def iterate(self, it: int) -> dict[str, Any]:
-        timer = Timer()
+    # the steps of one iteration, public so 05 can run them one at a time
+    @property
+    def tokenizer(self):
+        """The policy's tokenizer (the SFT checkpoint's), for prompts and for reading token ids."""
+        return self.pv.tokenizer
+
+    @property
+    def reference_mode(self) -> str:
+        """``disabled``: the reference is the SFT weights with the adapters off; ``adapter``: a frozen SFT adapter."""
+        return self.pv.ref_mode
+
+    @contextlib.contextmanager
+    def policy(self) -> Iterator[Any]:
+        """The model with the policy adapter active: ``with trainer.policy() as model: generate(model, ...)``."""
+        with self.pv.use(POLICY):
+            yield self.pv.model
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The model as the frozen reference (the SFT weights), the policy's KL anchor."""
+        with self.pv.use(REF):
+            yield self.pv.model
+
+    def sample(self, it: int) -> Rollout:
+        """Steps 1-2: the bandit picks each prompt's arm, the policy samples ``k`` completions per prompt."""
         rows, arm_ids = self._pick_prompts(it)
-        with timer.section("generate"):
-            with self.pv.use(POLICY):
-                res = generate(self.pv.model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style)
-                                                          for r in rows],
-                               n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
-                               batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
-                               progress=False, backend=self.cfg.rollouts.backend)
-        with timer.section("score"):
-            scores = [score(s.text, rows[s.prompt_index], finish_reason=s.finish_reason, n_tokens=s.n_tokens,
-                            think=self.think) for s in res.samples]
-            rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
-            comps = [components(sc) for sc in scores]
-            correct = [bool(sc.correct) for sc in scores]
-            styles = [completion_style(s.text, think=self.think) for s in res.samples]
-        b = make_batch(res.samples, self.tok.pad_token_id, self.device)
-        with timer.section("forward"):
-            old = self._forward_all(b)
-            m = b.mask
-            kl_tok = kl_k1(old["logp"], old["ref"]) * m
-            r = rewards.to(self.device)
-            if self.p.advantage == "gae":
-                tr = token_rewards(r, old["logp"], old["ref"], m, self.p.kl_coef)
-                adv, ret = gae(tr, old["values"] * m, m, self.p.gamma, self.p.lam)
-                adv = masked_whiten(adv, m)
-            else:
-                seq_adv = group_advantages(r, b.group)
-                adv = seq_adv[:, None] * m
-                ret = old["values"] * m  # no critic in the loss; kept for the log
-        with timer.section("update"):
-            stats = self._update(b, old, adv, ret)
-        # bandit: each arm is paid the learning signal of its rollouts this iteration
+        with self.policy() as model:
+            res = generate(model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style) for r in rows],
+                           n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
+                           batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
+                           progress=False, backend=self.cfg.rollouts.backend)
+        return Rollout(it, rows, arm_ids, res, make_batch(res.samples, self.tok.pad_token_id, self.device))
+
+    def score(self, rollout: Rollout) -> Scored:
+        """Step 3: Regime W scores every sample and weighs the components into one reward."""
+        scores = [score(s.text, rollout.rows[s.prompt_index], finish_reason=s.finish_reason, n_tokens=s.n_tokens,
+                        think=self.think) for s in rollout.samples]
+        rewards = torch.tensor([reward(sc, self.cfg.reward) for sc in scores], dtype=torch.float32)
+        return Scored(scores, rewards, [components(sc) for sc in scores], [bool(sc.correct) for sc in scores],
+                      [completion_style(s.text, think=self.think) for s in rollout.samples])
+
+    def advantages(self, rollout: Rollout, scored: Scored, kind: str | None = None,
+                   old: dict[str, torch.Tensor] | None = None) -> Advantages:
+        """Steps 4-5: old, reference log-probs and values (or ``old`` from another call), then advantages.
+
+        ``kind`` is the config's ``ppo.advantage`` unless given: 05 computes both from one batch.
+        """
+        kind = kind or self.p.advantage
+        if kind not in ("gae", "group"):
+            raise ValueError(f"advantage kind must be 'gae' or 'group', got {kind!r}")
+        b = rollout.batch
+        old = old if old is not None else self._forward_all(b)
+        m = b.mask
+        kl_tok = kl_k1(old["logp"], old["ref"]) * m
+        r = scored.rewards.to(self.device)
+        tr = None
+        if kind == "gae":
+            tr = token_rewards(r, old["logp"], old["ref"], m, self.p.kl_coef)
+            adv, ret = gae(tr, old["values"] * m, m, self.p.gamma, self.p.lam)
+            adv = masked_whiten(adv, m)
+        else:
+            seq_adv = group_advantages(r, b.group)
+            adv = seq_adv[:, None] * m
+            ret = old["values"] * m  # no critic in the loss; kept for the log
+        return Advantages(kind, old, adv, ret, kl_tok, tr)
+
+    def update(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
+        """Step 6: PPO epochs over shuffled minibatches (policy, and the value model with ``gae``)."""
+        return self._update(rollout.batch, adv.old, adv.adv, adv.ret)
+
+    def update_bandit(self, rollout: Rollout, scored: Scored) -> dict[int, float]:
+        """Step 7: each arm drawn is paid the learning signal p(1-p) of its samples; returns the payments."""
         by_arm: dict[int, list[bool]] = {}
-        for s, c in zip(res.samples, correct):
-            by_arm.setdefault(arm_ids[s.prompt_index], []).append(c)
+        for s, c in zip(rollout.samples, scored.correct):
+            by_arm.setdefault(rollout.arm_ids[s.prompt_index], []).append(c)
+        paid = {}
         for a, flags in by_arm.items():
-            self.bandit.update(a, learning_signal(flags))
-        n_tok = sum(s.n_tokens for s in res.samples)
+            paid[a] = learning_signal(flags)
+            self.bandit.update(a, paid[a])
+        return paid
+
+    def diagnostics(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
+        """Ratio, clipped objective, KL and value loss of the current policy on the whole batch, without
+        stepping (``ppo_losses.ppo_diagnostics``): before ``update`` the ratio is 1, after it is not."""
+        b = rollout.batch
+        logp, values = [], []
+        mb = self.p.minibatch_size
+        with torch.no_grad():
+            for s in range(0, len(b.input_ids), mb):
+                ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
+                logp.append(self.pv.token_logprobs(POLICY, ids, att, temperature=self.p.temperature)[0])
+                values.append(self.pv.values(ids, att))
+        return ppo_diagnostics(torch.cat(logp), adv.old["logp"], adv.old["ref"], adv.adv, b.mask, self.p.clip_range,
+                               torch.cat(values), adv.old["values"], adv.ret, self.p.value_clip)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an iteration changes (weights, optimisers, schedules, bandit, RNGs), in memory,
+        for ``restore``. Not the checkpoint format: nothing is written."""
+        return {"trainable": self.pv.trainable_state(),
+                "opt_pi": copy.deepcopy(self.opt_pi.state_dict()), "opt_v": copy.deepcopy(self.opt_v.state_dict()),
+                "sched_pi": self.sched_pi.state_dict(), "sched_v": self.sched_v.state_dict(),
+                "bandit": copy.deepcopy(self.bandit.state_dict()),
+                "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+                        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Put back what ``snapshot`` took: 05 walks through one iteration between the two, so ``train()``
+        afterwards computes exactly what ``python -m looper_utils.ppo`` does."""
+        self.pv.load_trainable_state(snap["trainable"])
+        self.opt_pi.load_state_dict(copy.deepcopy(snap["opt_pi"]))
+        self.opt_v.load_state_dict(copy.deepcopy(snap["opt_v"]))
+        self.sched_pi.load_state_dict(snap["sched_pi"])
+        self.sched_v.load_state_dict(snap["sched_v"])
+        self.bandit.load_state_dict(copy.deepcopy(snap["bandit"]))
+        torch.set_rng_state(snap["rng"][0])
+        random.setstate(snap["rng"][1])
+        np.random.set_state(snap["rng"][2])
+        if snap["rng"][3] is not None:
+            torch.cuda.set_rng_state_all(snap["rng"][3])
+        self.pv.model.eval()
+
+    @contextlib.contextmanager
+    def rehearsal(self) -> Iterator[None]:
+        """``snapshot`` on entry, ``restore`` on exit: steps run inside leave the trainer as it was."""
+        snap = self.snapshot()
+        try:
+            yield
+        finally:
+            self.restore(snap)
+
+    def iterate(self, it: int) -> dict[str, Any]:
+        """One whole iteration: ``sample``, ``score``, ``advantages``, ``update``, ``update_bandit``, metrics."""
+        timer = Timer()
+        with timer.section("generate"):
+            roll = self.sample(it)
+        with timer.section("score"):
+            scored = self.score(roll)
+        with timer.section("forward"):
+            adv = self.advantages(roll, scored)
+        with timer.section("update"):
+            stats = self.update(roll, adv)
+        self.update_bandit(roll, scored)
+        samples, rewards, comps = roll.samples, scored.rewards, scored.components
+        n_tok = sum(s.n_tokens for s in samples)
         t = timer.totals
         metrics = {
             "iteration": it + 1,
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "accuracy": float(np.mean(correct)),
+            "accuracy": float(np.mean(scored.correct)),
             **{f"r_{k}": float(np.mean([c[k] for c in comps])) for k in comps[0]},
-            "kl": float((kl_tok.sum(1)).mean()), "response_length": n_tok / len(res.samples),
-            **{f"style_{k}": v for k, v in style_shares(styles).items()},
-            "truncated": float(np.mean([s.finish_reason == "length" for s in res.samples])),
+            "kl": float((adv.kl_tok.sum(1)).mean()), "response_length": n_tok / len(samples),
+            **{f"style_{k}": v for k, v in style_shares(scored.styles).items()},
+            "truncated": float(np.mean([s.finish_reason == "length" for s in samples])),
             **stats,
+            "lr": self.sched_pi.get_last_lr()[0],
             "t_generate": t.get("generate", 0.0), "t_score": t.get("score", 0.0),
             "t_forward": t.get("forward", 0.0), "t_update": t.get("update", 0.0),
-            "gen_tokens_per_second": res.tokens_per_second,
-            "arms": {str(a): sum(1 for x in arm_ids if x == a) for a in sorted(set(arm_ids))},
+            "gen_tokens_per_second": roll.result.tokens_per_second,
+            "arms": {str(a): sum(1 for x in roll.arm_ids if x == a) for a in sorted(set(roll.arm_ids))},
         }
         return self.dist.average(metrics)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["masked_mean", "masked_whiten", "kl_k1", "kl_k3", "gae", "group_advantages", "policy_loss",
-           "value_loss", "explained_variance", "entropy_from_logits", "token_rewards"]
+           "value_loss", "explained_variance", "entropy_from_logits", "token_rewards", "ppo_diagnostics"]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -127,3 +127,37 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of the softmax distribution."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def ppo_diagnostics(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, adv: torch.Tensor,
+                    mask: torch.Tensor, clip_range: float, values: torch.Tensor | None = None,
+                    old_values: torch.Tensor | None = None, returns: torch.Tensor | None = None,
+                    value_clip: float = 0.2) -> dict[str, float]:
+    """What one PPO step would look at on a batch, as plain numbers, without stepping anything.
+
+    - ``ratio``: pi(token) / pi_old(token) per completion token (mean, min, max): 1 everywhere before
+      the first update of an iteration, since the samples came from pi_old;
+    - ``objective`` (unclipped, ``mean(A * ratio)``) and ``clipped_objective`` (PPO's
+      ``mean(min(A * ratio, A * clip(ratio)))``, minus the policy loss) and ``clipfrac``, the share of
+      tokens where the clip is what counts;
+    - ``kl_k1`` and ``kl_k3``: per-token KL to the reference (k1 enters GAE's rewards, k3 the group loss);
+    - ``value_loss``: the clipped value loss, when values, old values and returns are given.
+
+    >>> lp = torch.log(torch.tensor([[0.5, 0.5, 0.25]]))
+    >>> d = ppo_diagnostics(lp, lp, lp, torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.2)
+    >>> d["ratio_mean"], d["clipfrac"], d["clipped_objective"], d["kl_k3"]
+    (1.0, 0.0, 1.0, 0.0)
+    """
+    with torch.no_grad():
+        m = mask.bool()
+        ratio = torch.exp(logp - old_logp)
+        loss, clipfrac = policy_loss(logp, old_logp, adv, mask, clip_range)
+        out = {
+            "ratio_mean": masked_mean(ratio, mask), "ratio_min": ratio[m].min() if m.any() else torch.tensor(1.0),
+            "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
+            "objective": masked_mean(adv * ratio, mask), "clipped_objective": -loss, "clipfrac": clipfrac,
+            "kl_k1": masked_mean(kl_k1(logp, ref_logp), mask), "kl_k3": masked_mean(kl_k3(logp, ref_logp), mask),
+        }
+        if values is not None and old_values is not None and returns is not None:
+            out["value_loss"] = value_loss(values, old_values, returns, mask, value_clip)
+    return {k: float(v) for k, v in out.items()}

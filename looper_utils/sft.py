@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from . import config as config_mod
-from .answers import extract_answer, is_correct
+from .answers import grade
 from .artifacts import atomic_write_json, explain_disk_full, make_shareable, progress_line, read_json
 from .data import rows_digest
 from .generation import GenerationResult, generate
@@ -390,8 +390,9 @@ def dev_check(model, tokenizer, rows: list[dict], *, style: str, max_new_tokens:
     """Greedy dev accuracy with the one grader, per-problem records, and the generation result.
 
     The grader runs in ``flexible`` mode with ``think`` set by the prompt
-    convention; each record also says whether the strict ``#### N`` reading
-    was correct and how the sequence ended.
+    convention (``answers.grade``); each record also says whether the strict
+    ``#### N`` reading was correct, whether the format was (``answers.format_ok``,
+    the rule the reward pays for) and how the sequence ended.
     """
     think = completion_starts_in_think(tokenizer, style)
     prompts = [build_prompt(r["question"], tokenizer, style) for r in rows]
@@ -399,10 +400,9 @@ def dev_check(model, tokenizer, rows: list[dict], *, style: str, max_new_tokens:
                    temperature=0.0, progress=progress, desc=desc, backend=backend)
     records = []
     for r, s in zip(rows, res.samples):
-        records.append({"id": r["id"], "gold": r["gold"],
-                        "predicted": extract_answer(s.text, mode="flexible", think=think),
-                        "correct": is_correct(s.text, r["gold"], mode="flexible", think=think),
-                        "correct_strict": is_correct(s.text, r["gold"], mode="strict", think=think),
+        g = grade(s.text, r["gold"], think=think)
+        records.append({"id": r["id"], "gold": r["gold"], "predicted": g["extracted"], "correct": g["correct"],
+                        "correct_strict": g["correct_strict"], "format_ok": g["format_ok"],
                         "finish": s.finish_reason, "n_tokens": s.n_tokens,
                         "question": r["question"], "completion": s.text})
     acc = sum(x["correct"] for x in records) / len(records) if records else 0.0

@@ -83,3 +83,28 @@ def test_profile_file_applies_overrides(tmp_path):
     p.write_text('{"profile": "full",')
     with pytest.raises(ValueError, match="local.json:1: not valid JSON"):
         config.build(str(p))
+
+
+@pytest.mark.parametrize("key, want", [("reward__corect", "reward__correct"), ("bandit.algoritm", "bandit.algorithm"),
+                                       ("learning_rat", "learning_rate"), ("bandit__arm", "bandit__arms")])
+def test_unknown_key_suggests_the_nearest(key, want):
+    with pytest.raises(ValueError, match=rf"unknown parameter '{key}' \(did you mean '{want}'\?\)"):
+        config.build("smoke", stage="ppo", **{key: 1})
+
+
+def test_malformed_reward_and_bandit_values_say_what_is_wrong():
+    with pytest.raises(ValueError, match="reward.correct: expected a number, got 'abc'"):
+        config.build("smoke", stage="ppo", reward__correct="abc")
+    with pytest.raises(ValueError, match="bandit.arms must be difficulty or pass_rate"):
+        config.build("smoke", stage="regime_w", bandit__arms="pass-rate")
+    cfg = config.build("smoke", stage="regime_w", reward__correct=0.5, bandit__arms="pass_rate")
+    assert (cfg.reward.correct, cfg.bandit.arms) == (0.5, "pass_rate")
+
+
+def test_lr_schedule_is_checked():
+    assert config.smoke().ppo.lr_schedule == "constant" and config.smoke().ppo.warmup_iterations == 0
+    assert config.build("smoke", stage="ppo", lr_schedule="linear", warmup_iterations=2).ppo.lr_schedule == "linear"
+    with pytest.raises(ValueError, match="ppo.lr_schedule must be 'constant' or 'linear'"):
+        config.build("smoke", stage="ppo", lr_schedule="cosine")
+    with pytest.raises(ValueError, match="warmup_iterations"):
+        config.build("smoke", stage="ppo", iterations=3, warmup_iterations=4)

@@ -59,3 +59,73 @@ def test_parameters_cell_documents_itself(path):
     assert {"profile", "run_id", "seed", "root"} <= set(declared)
     inferred = set(inspect_notebook(str(path)))
     assert inferred == set(declared), "papermill could not parse some parameter lines"
+
+
+def _parameter_lines(path):
+    """name -> (annotation, default) as written in the notebook's parameters cell."""
+    nb = nbformat.read(path, as_version=4)
+    src = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id: (ast.unparse(n.annotation), ast.unparse(n.value))
+            for n in ast.parse(src).body if isinstance(n, ast.AnnAssign)}
+
+
+def test_a_parameter_means_the_same_in_every_notebook():
+    """One `-p name=value` of the pipeline reaches every notebook that declares `name`: same type and default."""
+    seen: dict[str, dict[str, tuple[str, str]]] = {}
+    for path in NOTEBOOKS:
+        for name, decl in _parameter_lines(path).items():
+            seen.setdefault(name, {})[path.stem] = decl
+    for name, by_nb in seen.items():
+        if len(by_nb) > 1:
+            assert len(set(by_nb.values())) == 1, f"{name} is declared differently: {by_nb}"
+
+
+def test_reward_and_bandit_parameters_are_shared_by_04_and_05():
+    from looper_utils import config
+
+    decl = {p.stem: _parameter_lines(p) for p in NOTEBOOKS if p.stem in ("04_regime_w", "05_ppo")}
+    assert set(decl) == {"04_regime_w", "05_ppo"}
+    sections = {nb: {n for n in d if n.startswith(("reward__", "bandit__"))} for nb, d in decl.items()}
+    assert sections["04_regime_w"] == sections["05_ppo"]
+    weights = {k.replace(".", "__") for k in config.valid_keys() if k.startswith("reward.")}
+    assert weights <= sections["05_ppo"], "every weight W is a parameter"
+    assert {"bandit__algorithm", "bandit__arms"} <= sections["05_ppo"]
+    for nb, names in sections.items():
+        for n in names:
+            config.build("smoke", stage=nb, **{n: None})  # a section__field the config resolves
+            sec, field = n.split("__", 1)
+            assert f"{sec}.{field}" in config.valid_keys(), (nb, n)
+    # no other spelling of the same fields (w_correct, bandit_algorithm, arms, reward_weights)
+    for nb, d in decl.items():
+        assert not any(n.startswith("w_") or n in ("reward_weights", "bandit_algorithm", "arms") for n in d), nb
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in ("04_regime_w", "05_ppo")], ids=lambda p: p.stem)
+def test_section_parameters_reach_the_config(path):
+    """The config cell passes every reward__/bandit__ parameter on (through config.section_parameters)."""
+    from looper_utils import config
+
+    decl = _parameter_lines(path)
+    values = {"reward__correct": 0.5, "reward__format": 0.0, "bandit__algorithm": "uniform",
+              "bandit__arms": "difficulty"}
+    namespace = {n: values.get(n) for n in decl}
+    cfg = config.build("smoke", stage=path.stem, **config.section_parameters(namespace))
+    assert (cfg.reward.correct, cfg.reward.format, cfg.bandit.algorithm) == (0.5, 0.0, "uniform")
+    nb = nbformat.read(path, as_version=4)
+    assert any("config.section_parameters(globals())" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_use_public_names_and_import_at_the_top(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(code):
+        tree = ast.parse(c.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert not (node.attr.startswith("_") and not node.attr.startswith("__")), \
+                    f"code cell {i} uses a private attribute .{node.attr}"
+                if isinstance(node.value, ast.Name) and node.value.id == "trainer":
+                    assert node.attr not in ("pv", "tok"), f"code cell {i} reaches into trainer.{node.attr}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert i <= 1, f"code cell {i} imports: imports belong in the first cells"

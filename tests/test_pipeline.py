@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,31 @@ def test_failing_notebook_names_stage_and_cell(tmp_path):
 def test_require_names_the_notebook(tmp_path):
     with pytest.raises(MissingInputError, match="run notebooks/02_sft.ipynb first"):
         require(tmp_path / "checkpoints" / "sft", "02_sft")
+
+
+def test_misspelt_parameter_gets_a_suggestion(tmp_path):
+    with pytest.raises(SystemExit, match=r"'reward__corect': did you mean 'reward__correct'\?"):
+        pipeline.run("smoke", stages=["04", "05"], run_id="x", root=tmp_path, params={"reward__corect": 0.5},
+                     log=lambda *_: None)
+
+
+def test_one_reward_parameter_reaches_04_and_05(tmp_path, monkeypatch):
+    import papermill
+
+    got = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: got.setdefault(Path(nb).stem, parameters))
+    for k in pipeline.OFFLINE_ENV:
+        monkeypatch.setenv(k, pipeline.OFFLINE_ENV[k])
+    pipeline.run("smoke", stages=["04", "05"], run_id="x", root=tmp_path, log=lambda *_: None,
+                 params=pipeline.parse_params(["reward__correct=0.5", "bandit__arms=pass_rate"]))
+    assert set(got) == {"04_regime_w", "05_ppo"}
+    for params in got.values():
+        assert params["reward__correct"] == 0.5 and params["bandit__arms"] == "pass_rate"
+
+
+@pytest.mark.parametrize("old, new", [("arms", "bandit__arms"), ("w_correct", "reward__correct"),
+                                      ("bandit_algorithm", "bandit__algorithm")])
+def test_old_reward_and_bandit_names_point_to_the_new_ones(tmp_path, old, new):
+    with pytest.raises(SystemExit, match=rf"'{old}': did you mean '{new}'\?"):
+        pipeline.run("smoke", stages=["04", "05"], run_id="x", root=tmp_path, params={old: 1}, log=lambda *_: None)

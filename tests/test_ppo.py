@@ -185,3 +185,96 @@ def test_gradient_checkpointing_gives_the_same_update(setup, tmp_path):
     a, b = plain.pv.trainable_state(), ckpt.pv.trainable_state()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 0.01
+
+
+def test_the_public_steps_are_one_iteration(setup, tmp_path):
+    whole = _trainer(setup, tmp_path / "w")
+    m = whole.iterate(0)
+    steps = _trainer(setup, tmp_path / "st")
+    roll = steps.sample(0)
+    scored = steps.score(roll)
+    adv = steps.advantages(roll, scored)
+    stats = steps.update(roll, adv)
+    paid = steps.update_bandit(roll, scored)
+    assert len(roll.samples) == 4 * 2 and len(scored.scores) == len(roll.samples) and adv.kind == "gae"
+    assert float(scored.rewards.mean()) == m["reward"] and stats["policy_loss"] == m["policy_loss"]
+    assert set(paid) == set(roll.arm_ids) and all(0.0 <= v <= 0.25 for v in paid.values())
+    assert whole.bandit.state_dict() == steps.bandit.state_dict()
+    for k, v in whole.pv.trainable_state().items():
+        assert torch.equal(v, steps.pv.trainable_state()[k]), k
+    table = ppo.samples_table(roll, scored)
+    assert len(table) == 8 and {"completion", "reward", "c_correct", "format_ok"} <= set(table.columns)
+
+
+def test_rehearsal_is_undone_and_diagnostics_do_not_step(setup, tmp_path):
+    straight = _trainer(setup, tmp_path / "plain")
+    hist_s = straight.train(iterations=2)
+    tr = _trainer(setup, tmp_path / "rehearsed")
+    before = tr.pv.trainable_state()
+    with tr.rehearsal():
+        roll = tr.sample(0)
+        scored = tr.score(roll)
+        gae_adv = tr.advantages(roll, scored, kind="gae")
+        group_adv = tr.advantages(roll, scored, kind="group", old=gae_adv.old)
+        d0 = tr.diagnostics(roll, gae_adv)
+        assert all(torch.equal(v, tr.pv.trainable_state()[k]) for k, v in before.items())  # nothing stepped
+        assert d0["ratio_min"] == pytest.approx(1.0) and d0["ratio_max"] == pytest.approx(1.0)
+        assert d0["clipfrac"] == 0.0 and abs(d0["kl_k1"]) < 1e-6  # the policy starts as the reference
+        tr.update(roll, gae_adv)
+        tr.update_bandit(roll, scored)
+        d1 = tr.diagnostics(roll, gae_adv)
+        assert d1["ratio_max"] > 1.0 + 1e-4 and d1["kl_k3"] > 0
+        table = ppo.sequence_table(tr.tokenizer, roll, {"gae": gae_adv, "group": group_adv}, 0)
+        assert len(table) == int(roll.batch.mask[0].sum()) and table["advantage (group)"].nunique() == 1
+        assert {"token", "kl_k1", "value", "token_reward (gae)", "advantage (gae)"} <= set(table.columns)
+    for k, v in before.items():
+        assert torch.equal(v, tr.pv.trainable_state()[k]), k
+    hist_r = tr.train(iterations=2)
+    for a, b in zip(hist_s, hist_r):
+        for k in ("reward", "kl", "policy_loss", "value_loss", "entropy"):
+            assert a[k] == b[k], k
+
+
+def test_policy_and_reference_contexts(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "ctx")
+    b = _batch(tr)
+    with torch.no_grad():
+        with tr.policy() as model:
+            pol = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        with tr.reference() as model:
+            ref = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    assert torch.allclose(pol, ref, atol=1e-5) and tr.tokenizer is tr.pv.tokenizer
+
+
+def test_linear_schedule_decays_to_zero_at_the_last_step(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "lin", lr_schedule="linear", iterations=2, minibatch_size=3, ppo_epochs=2)
+    assert tr.total_steps == ppo.optimizer_steps(tr.cfg) == 2 * 2 * 3  # 8 sequences in minibatches of 3
+    lrs = []
+    hist = tr.train(on_iteration=lambda m: lrs.append(m["lr"]))
+    assert tr.sched_pi.last_epoch == tr.total_steps and len(hist) == 2
+    assert tr.opt_pi.param_groups[0]["lr"] == 0.0 and lrs[-1] == 0.0
+    assert lrs[0] == pytest.approx(tr.p.learning_rate * 0.5)  # halfway through the run's steps
+    const = _trainer(setup, tmp_path / "const", iterations=2)
+    const.train()
+    assert const.opt_pi.param_groups[0]["lr"] == const.p.learning_rate  # the default: constant
+
+
+def test_warmup_ramps_the_policy_learning_rate():
+    assert [ppo.lr_factor(s, 10, 4, "linear") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert ppo.lr_factor(4, 10, 4, "linear") == 1.0 and ppo.lr_factor(10, 10, 4, "linear") == 0.0
+    factors = [ppo.lr_factor(s, 10, 4, "linear") for s in range(4, 11)]
+    assert factors == sorted(factors, reverse=True)
+
+
+def test_snapshot_and_restore_span_notebook_cells(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "snap")
+    snap = tr.snapshot()
+    roll = tr.sample(0)
+    scored = tr.score(roll)
+    tr.update(roll, tr.advantages(roll, scored))
+    tr.update_bandit(roll, scored)
+    moved = tr.pv.trainable_state()
+    tr.restore(snap)
+    assert any(not torch.equal(moved[k], v) for k, v in snap["trainable"].items())
+    assert all(torch.equal(v, tr.pv.trainable_state()[k]) for k, v in snap["trainable"].items())
+    assert tr.sched_pi.last_epoch == 0 and not tr.opt_pi.state and tr.reference_mode == "disabled"

@@ -92,3 +92,29 @@ def test_explained_variance_and_whiten():
 
 def test_entropy_of_uniform_is_log_n():
     assert L.entropy_from_logits(torch.zeros(2, 8)).tolist() == pytest.approx([math.log(8)] * 2)
+
+
+def test_ppo_diagnostics_match_the_losses_without_stepping():
+    from looper_utils.ppo_losses import kl_k3, masked_mean, policy_loss, ppo_diagnostics, value_loss
+
+    torch.manual_seed(0)
+    old = torch.log_softmax(torch.randn(3, 5, 7), -1)[..., 0]
+    logp = old + 0.3 * torch.randn(3, 5)
+    ref = old + 0.1 * torch.randn(3, 5)
+    adv = torch.randn(3, 5)
+    mask = torch.tensor([[1., 1., 1., 0., 0.], [1., 1., 1., 1., 1.], [1., 0., 0., 0., 0.]])
+    v, v_old, ret = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    logp.requires_grad_(True)
+    d = ppo_diagnostics(logp, old, ref, adv, mask, 0.2, v, v_old, ret, 0.2)
+    assert logp.grad is None  # nothing to step
+    loss, clipfrac = policy_loss(logp, old, adv, mask, 0.2)
+    ratio = torch.exp(logp - old)[mask.bool()]
+    assert d["clipped_objective"] == pytest.approx(-loss.item()) and d["clipfrac"] == pytest.approx(clipfrac.item())
+    assert d["ratio_min"] == pytest.approx(ratio.min().item()) and d["ratio_max"] == pytest.approx(ratio.max().item())
+    assert d["clipped_objective"] <= d["objective"] + 1e-6  # PPO's objective is a pessimistic bound
+    assert d["kl_k3"] == pytest.approx(masked_mean(kl_k3(logp, ref), mask).item()) and d["kl_k3"] >= 0
+    assert d["kl_k1"] == pytest.approx(masked_mean(logp - ref, mask).item())
+    assert d["value_loss"] == pytest.approx(value_loss(v, v_old, ret, mask, 0.2).item())
+    same = ppo_diagnostics(old, old, old, adv, mask, 0.2)
+    assert same["ratio_mean"] == same["ratio_min"] == same["ratio_max"] == 1.0 and same["clipfrac"] == 0.0
+    assert same["objective"] == pytest.approx(masked_mean(adv, mask).item()) and "value_loss" not in same

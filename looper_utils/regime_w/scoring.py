@@ -48,7 +48,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from ..answers import answer_region, extract_answer, final_answer_candidates, normalize_number, numbers_equal
+from ..answers import answer_region, extract_answer, final_answer_candidates, grade, normalize_number, numbers_equal
 from .safe_eval import MAX_LENGTH, try_eval
 
 __all__ = ["Score", "CalcStep", "score", "score_table", "calc_steps", "repetition_ratio",
@@ -105,7 +105,7 @@ class Score:
     extracted_strict: str | None  # the last '#### N' line only
     correct: bool  # flexible answer equals gold
     correct_strict: bool
-    format_ok: bool  # exactly one '#### N' line, last, after a closed think block
+    format_ok: bool  # answers.format_ok: one '#### N' line, the last, after a closed think block
     calc_steps: int  # calculator steps found
     calc_verified: int  # ... of which arithmetically right
     calc_errors: tuple[str, ...]  # the wrong ones, "48/2=25 (is 24)"
@@ -151,15 +151,11 @@ def score(completion: str, problem: Mapping[str, Any], finish_reason: str = "eos
         raise KeyError("problem row has no 'gold' field; rows come from looper_utils.data.read_jsonl "
                        "(fields id, question, answer, gold)")
     text = completion if isinstance(completion, str) else ""
-    gold = normalize_number(str(problem["gold"]))
     region = answer_region(text, think=think)
     finals = final_answer_candidates(region) if region is not None else []
-    extracted_strict = extract_answer(text, mode="strict", think=think)
-    # with a '####' line flexible extraction reads that same line (answers.extract_answer)
-    extracted = extracted_strict if finals else extract_answer(text, mode="flexible", think=think)
+    verdict = grade(text, problem["gold"], think=think)  # the one grader: both readings and the format
+    extracted, extracted_strict = verdict["extracted"], verdict["extracted_strict"]
     n_marks = region.count("####") if region is not None else 0
-    last_line_is_final = bool(finals) and _last_line(region).lstrip().startswith("####")
-    format_ok = n_marks == 1 and len(finals) == 1 and last_line_is_final and extracted_strict is not None
 
     steps = calc_steps(text)
     verified = sum(s.ok for s in steps)
@@ -169,9 +165,9 @@ def score(completion: str, problem: Mapping[str, Any], finish_reason: str = "eos
     return Score(
         extracted=extracted,
         extracted_strict=extracted_strict,
-        correct=numbers_equal(extracted, gold),
-        correct_strict=numbers_equal(extracted_strict, gold),
-        format_ok=format_ok,
+        correct=verdict["correct"],
+        correct_strict=verdict["correct_strict"],
+        format_ok=verdict["format_ok"],
         calc_steps=len(steps),
         calc_verified=verified,
         calc_errors=errors,
@@ -359,13 +355,6 @@ def _show(v: float | None) -> str:
 
 
 # ---- format and guards ---------------------------------------------------------
-
-def _last_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        if line.strip():
-            return line
-    return ""
-
 
 def _several_answers(region: str | None, finals: list[str], final_value: str | None) -> bool:
     """Different '####' values, a final line offering several numbers, or another answer after it.
