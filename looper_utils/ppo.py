@@ -28,7 +28,12 @@ One iteration:
 Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
 Each process samples its share of the batch's prompts; gradients of the
 trained tensors (adapters and value head, a few MB) are averaged across
-processes before each optimiser step; metrics are averaged; rank 0 writes.
+processes before each optimiser step; metrics are averaged (arm counts
+summed); rank 0 alone sets old checkpoints aside, then the others resume from
+what it left, and rank 0 alone writes. Proven on two CPU processes
+(tests/test_multiproc.py). Each process pays its own copy of the bandit with
+its own rollouts, so with several arms the copies drift apart and the
+checkpoint keeps rank 0's.
 """
 from __future__ import annotations
 

@@ -10,6 +10,12 @@ settings. The finished model (full weights or adapter), its tokenizer,
 ``sft.report_to`` sends the loss and learning rate to a tracker as well
 (``tensorboard``: ``runs/<run_id>/tb/02_sft``, see ``check_report_to``).
 
+Several processes: ``accelerate launch -m looper_utils.sft --profile ...``
+(``main``). The Trainer splits each global batch across the processes and
+averages the gradients; rank 0 alone sets old checkpoints aside, writes them,
+saves ``checkpoints/sft`` and runs the dev check. The notebook's one process
+starts no process group.
+
 The Trainer writes a checkpoint file by file, so a run killed (or out of
 disk) while saving leaves a partial ``checkpoint-N``. Only complete ones are
 resumed: a partial one is renamed ``broken-checkpoint-N`` with a warning and
