@@ -480,7 +480,9 @@ class PPOTrainer:
             t0 = time.perf_counter()
             metrics = self.iterate(self.iteration)
             self.iteration += 1
-            if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total):
+            # the dev check is greedy and the same on every rank: rank 0 alone runs it (and saves best)
+            if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total) \
+                    and self.dist.is_main:
                 acc, _ = self.dev_accuracy()
                 metrics["dev_accuracy"] = acc
                 metrics.update({f"dev_style_{k}": v for k, v in style_shares(self.last_dev_styles).items()})

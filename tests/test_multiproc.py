@@ -62,12 +62,13 @@ def test_ppo_update_two_processes_match_one_on_a_fixed_batch(roots, tmp_path):
 
 def test_ppo_two_processes_write_once_and_resume_on_one(roots):
     two, _, _ = roots
-    res = launch(cli("looper_utils.ppo", two, "r2", PPO_PARAMS + ["iterations=1", "minibatch_size=4"]), processes=2)
+    res = launch(cli("looper_utils.ppo", two, "r2", PPO_PARAMS + ["iterations=1", "minibatch_size=4", "eval_every=1",
+                                                              "n_dev=4"]), processes=2)
     out = two / "checkpoints/ppo"
-    assert sorted(p.name for p in out.iterdir()) == ["last", "ppo_log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "ppo_log.jsonl"]
     assert not list(out.parent.glob("ppo.*")) and not list(out.parent.glob(".*"))
     log = [json.loads(x) for x in (out / "ppo_log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == [1]
+    assert [r["iteration"] for r in log] == [1] and 0.0 <= log[0]["dev_accuracy"] <= 1.0  # rank 0's dev check
     assert sum(log[0]["arms"].values()) == 4, "the iteration's arms count the prompts of both processes"
     assert res.stdout.count("done: 1 iterations on 2 process(es)") == 1
     assert json.loads((out / "last/looper_state.json").read_text())["step"] == 1
