@@ -28,7 +28,12 @@ One iteration:
 Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
 Each process samples its share of the batch's prompts; gradients of the
 trained tensors (adapters and value head, a few MB) are averaged across
-processes before each optimiser step; metrics are averaged; rank 0 writes.
+processes before each optimiser step; metrics are averaged (arm counts
+summed); rank 0 alone sets old checkpoints aside, then the others resume from
+what it left, and rank 0 alone writes. Proven on two CPU processes
+(tests/test_multiproc.py). Each process pays its own copy of the bandit with
+its own rollouts, so with several arms the copies drift apart and the
+checkpoint keeps rank 0's.
 """
 from __future__ import annotations
 
@@ -121,8 +126,10 @@ class Distributed:
             from accelerate import Accelerator
             from accelerate.state import PartialState
 
-            if PartialState().num_processes > 1 or log_with:
-                cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+            # the state is made once per process: without cpu=True a CPU-only launch of several
+            # processes would find no backend and run each process alone
+            cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+            if PartialState(cpu=cpu).num_processes > 1 or log_with:
                 tb = tracking_dir(cfg, "05_ppo")
                 self.acc = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(tb.parent))
                 if log_with:
@@ -146,6 +153,23 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def main_first(self):
+        """A block that rank 0 runs first, alone, and the other ranks after it: rank 0 is the one that moves
+        checkpoint folders aside, and the others must then read what it left, not a folder half-moved."""
+        return self.acc.main_process_first() if self.world > 1 else contextlib.nullcontext()
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self.acc.wait_for_everyone()
+
+    def close(self) -> None:
+        """Finish the trackers and leave the process group (a launcher warns about one left open)."""
+        if self.acc is None:
+            return
+        self.acc.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def device(self, cfg: Config) -> torch.device:
         return self.acc.device if self.acc else modeling.resolve_device(cfg.device)
 
@@ -156,13 +180,24 @@ class Distributed:
             if p.grad is not None:
                 p.grad = self.acc.reduce(p.grad, reduction="mean")
 
-    def average(self, metrics: dict[str, float]) -> dict[str, float]:
+    def average(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Float metrics averaged over the processes; integers (the iteration) kept; ``arms`` counts summed,
+        so the logged line describes the whole batch, not rank 0's share."""
         if self.world == 1:
             return metrics
-        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-        t = torch.tensor([float(metrics[k]) for k in keys], device=self.acc.device)
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        t = torch.tensor([metrics[k] for k in keys], device=self.acc.device)
         t = self.acc.reduce(t, reduction="mean").tolist()
-        return dict(metrics, **dict(zip(keys, t)))
+        out = dict(metrics, **dict(zip(keys, t)))
+        if isinstance(metrics.get("arms"), dict):
+            from accelerate.utils import gather_object
+
+            arms: dict[str, int] = {}
+            for counts in gather_object([metrics["arms"]]):
+                for a, n in counts.items():
+                    arms[a] = arms.get(a, 0) + n
+            out["arms"] = dict(sorted(arms.items(), key=lambda x: int(x[0])))
+        return out
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.acc and self.acc.log_with:
@@ -543,12 +578,13 @@ class PPOTrainer:
 
         total = iterations or self.p.iterations
         self.iteration = 0
-        if self.p.resume:
-            self._resume(self.out / "last")
-        if not self.iteration and self.dist.is_main and any((self.out / n).is_dir() for n in ("best", "last")):
-            # an earlier run's best would outlive this one's last and be what 06 evaluates
-            move_aside(self.out, f"{self.out} holds an earlier PPO run that this one does not continue"
-                       + ("" if self.p.resume else " (resume=False)"))
+        with self.dist.main_first():  # rank 0 decides and moves folders; the others then resume from what is left
+            if self.p.resume:
+                self._resume(self.out / "last")
+            if not self.iteration and self.dist.is_main and any((self.out / n).is_dir() for n in ("best", "last")):
+                # an earlier run's best would outlive this one's last and be what 06 evaluates
+                move_aside(self.out, f"{self.out} holds an earlier PPO run that this one does not continue"
+                           + ("" if self.p.resume else " (resume=False)"))
         self.history = self._read_log() if self.iteration else []
         bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not self.progress)
         done, first, t_start = 0, self.iteration, time.perf_counter()
@@ -556,7 +592,9 @@ class PPOTrainer:
             t0 = time.perf_counter()
             metrics = self.iterate(self.iteration)
             self.iteration += 1
-            if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total):
+            # the dev check is greedy and the same on every rank: rank 0 alone runs it (and saves best)
+            if self.p.eval_every and (self.iteration % self.p.eval_every == 0 or self.iteration == total) \
+                    and self.dist.is_main:
                 acc, _ = self.dev_accuracy()
                 metrics["dev_accuracy"] = acc
                 metrics.update({f"dev_style_{k}": v for k, v in style_shares(self.last_dev_styles).items()})
@@ -584,6 +622,7 @@ class PPOTrainer:
                                     f"reward {metrics['reward']:.3f}, accuracy {metrics['accuracy']:.3f}{dev}"),
                       flush=True)
         bar.close()
+        self.dist.wait()  # no rank leaves while rank 0 still writes the last checkpoint
         return self.history
 
 
@@ -603,9 +642,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_mod.build(a.profile, stage="ppo", run_id=a.run_id, root=a.root, **parse_params(a.param))
     files = data.data_files(cfg.data_dir)
     trainer = PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]))
-    hist = trainer.train(on_iteration=lambda m: print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                                                  for k, v in m.items()})))
-    print(f"done: {len(hist)} iterations, checkpoints in {trainer.out}")
+    main_rank = trainer.dist.is_main
+
+    def show(m: dict[str, Any]) -> None:
+        if main_rank:  # metrics are averaged over the ranks already: one line per iteration
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}), flush=True)
+
+    hist = trainer.train(on_iteration=show)
+    if main_rank:
+        print(f"done: {len(hist)} iterations on {trainer.dist.world} process(es), checkpoints in {trainer.out}")
+    trainer.dist.close()
     return 0
 
 

@@ -10,6 +10,12 @@ settings. The finished model (full weights or adapter), its tokenizer,
 ``sft.report_to`` sends the loss and learning rate to a tracker as well
 (``tensorboard``: ``runs/<run_id>/tb/02_sft``, see ``check_report_to``).
 
+Several processes: ``accelerate launch -m looper_utils.sft --profile ...``
+(``main``). The Trainer splits each global batch across the processes and
+averages the gradients; rank 0 alone sets old checkpoints aside, writes them,
+saves ``checkpoints/sft`` and runs the dev check. The notebook's one process
+starts no process group.
+
 The Trainer writes a checkpoint file by file, so a run killed (or out of
 disk) while saving leaves a partial ``checkpoint-N``. Only complete ones are
 resumed: a partial one is renamed ``broken-checkpoint-N`` with a warning and
@@ -27,6 +33,8 @@ PPO scores.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -34,6 +42,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -265,6 +274,8 @@ def _share_checkpoints():
 
     class ShareCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:  # rank 0 alone writes (and owns) the checkpoint
+                return
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 make_shareable(folder)
@@ -285,7 +296,22 @@ def _point_tensorboard(trainer, log_dir: Path) -> None:
             cb.logging_dir = str(log_dir)
 
 
-def _resume_plan(trainer, resume: str | None) -> tuple[str | None, bool]:
+def _processes():
+    """accelerate's ``PartialState`` when this is one of several launched processes, else None (one process:
+    the notebook path, which never starts a process group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _main_first(state):
+    """A block rank 0 runs first and alone (it renames and deletes checkpoint folders), the others after it."""
+    return state.main_process_first() if state is not None else contextlib.nullcontext()
+
+
+def _resume_plan(trainer, resume: str | None, main: bool = True) -> tuple[str | None, bool]:
     """(checkpoint to resume, whether it already holds every planned step).
 
     A finished checkpoint is loaded into the trainer instead of resumed:
@@ -306,7 +332,8 @@ def _resume_plan(trainer, resume: str | None) -> tuple[str | None, bool]:
                       f"{planned} steps now asked for (sft.max_steps / sft.epochs); training from the start",
                       stacklevel=3)
         for old in Path(resume).parent.glob("checkpoint-*"):
-            shutil.rmtree(old)
+            if main:
+                shutil.rmtree(old)
         return None, False
     trainer._load_from_checkpoint(resume)
     trainer.state = state
@@ -324,7 +351,7 @@ def _progress_lines():
             self.t0, self.step0 = time.perf_counter(), state.global_step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs and state.max_steps:
+            if logs and state.is_world_process_zero and "loss" in logs and state.max_steps:
                 note = f"loss {logs['loss']:.4f}" + (f", resumed at step {self.step0}" if self.step0 else "")
                 print(progress_line("sft step", state.global_step - self.step0, state.max_steps - self.step0,
                                     self.t0, note), flush=True)
@@ -356,16 +383,22 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
         model = apply_lora(model, cfg.model, gradient_checkpointing=checkpointing)
     model.train()
     signature = _signature(cfg, rows)
-    resume = _last_checkpoint(work, signature, cfg.sft.resume)
-    args = make_sft_config(cfg, work, device, progress)
+    procs = _processes()
+    main = procs is None or procs.is_main_process
+    with _main_first(procs):  # several processes: rank 0 sets broken or foreign checkpoints aside first
+        resume = _last_checkpoint(work, signature, cfg.sft.resume)
+        if main:
+            with explain_disk_full(work, "training SFT and saving its Trainer checkpoints"):
+                work.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(work / "looper_signature.json", signature)
+    args = make_sft_config(cfg, work, device, progress and main)
     with explain_disk_full(work, "training SFT and saving its Trainer checkpoints"):
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work / "looper_signature.json", signature)
         with quiet_progress():
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[_share_checkpoints(), _progress_lines()])
             _point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
-            resume, finished = _resume_plan(trainer, resume)
+            with _main_first(procs):
+                resume, finished = _resume_plan(trainer, resume, main)
             seconds = 0.0 if finished else \
                 float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
     model = trainer.model
@@ -374,9 +407,12 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
                for h in trainer.state.log_history if "loss" in h]
     step = int(trainer.state.global_step)
     n_params = count_params(model)
-    with explain_disk_full(out.parent, f"saving the SFT model to {out}"):
-        save_checkpoint(out, model, tokenizer, cfg, stage="sft", step=step,
-                        extra={"train_loss": history[-1]["loss"] if history else None, "n_examples": len(rows)})
+    if main:  # the weights are the same on every rank (gradients are averaged); one copy is written
+        with explain_disk_full(out.parent, f"saving the SFT model to {out}"):
+            save_checkpoint(out, model, tokenizer, cfg, stage="sft", step=step,
+                            extra={"train_loss": history[-1]["loss"] if history else None, "n_examples": len(rows)})
+    if procs is not None:
+        procs.wait_for_everyone()  # no rank reads checkpoints/sft before rank 0 has written it
     return SFTResult(output_dir=out, loss_history=history, train_seconds=seconds,
                      train_steps=step, final_loss=history[-1]["loss"] if history else None,
                      n_examples=len(rows), n_truncated=too_long,
@@ -407,3 +443,73 @@ def dev_check(model, tokenizer, rows: list[dict], *, style: str, max_new_tokens:
                         "question": r["question"], "completion": s.text})
     acc = sum(x["correct"] for x in records) / len(records) if records else 0.0
     return acc, records, res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m looper_utils.sft`` / ``accelerate launch -m looper_utils.sft``: 02's training without the notebook.
+
+    Builds the config, reads ``data/`` train rows, builds (rank 0, once) or loads the base, trains with
+    ``train_sft`` and saves ``checkpoints/sft`` from rank 0. With several processes each takes
+    ``sft.batch_size`` sequences per step (the global batch is ``batch_size x processes x grad_accum``).
+    Rank 0 alone then runs the dev check on ``sft.n_dev_eval`` problems (0 skips it) and writes
+    ``runs/<run_id>/metrics/02_sft.json``.
+    """
+    from . import data
+    from .artifacts import Timer, save_metrics
+    from .modeling import build_or_load_base, free_memory, load_policy
+    from .pipeline import parse_params
+
+    ap = argparse.ArgumentParser(prog="looper_utils.sft", description="SFT on the gold worked solutions")
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--run-id", default="latest")
+    ap.add_argument("--root", default="")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args(argv)
+    cfg = config_mod.build(a.profile, stage="sft", run_id=a.run_id, root=a.root, **parse_params(a.param))
+    check_report_to(cfg.sft.report_to)
+    files = data.data_files(cfg.data_dir)
+    train_rows = data.read_jsonl(files["train"])
+    procs = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        procs = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    main_rank = procs is None or procs.is_main_process
+    device = procs.device if procs is not None else resolve_device(cfg.device)
+    timer = Timer()
+    with _main_first(procs), timer.section("base"):  # a scratch base is built once, by rank 0
+        model, tokenizer = build_or_load_base(cfg, train_rows, device)
+    with timer.section("train"):
+        result = train_sft(cfg, model, tokenizer, train_rows, device=device, progress=main_rank)
+    world = procs.num_processes if procs is not None else 1
+    if main_rank:
+        metrics: dict[str, Any] = {
+            "train_seconds": result.train_seconds, "train_steps": result.train_steps,
+            "final_loss": result.final_loss, "n_params": result.n_params["total"],
+            "n_trainable_params": result.n_params["trainable"], "n_train_examples": result.n_examples,
+            "truncated_examples": result.n_truncated, "resumed_from_step": result.resumed_from_step,
+            "device": str(device), "n_processes": world, "global_batch": cfg.sft.batch_size * world * cfg.sft.grad_accum,
+        }
+        if cfg.sft.n_dev_eval:
+            dev_rows = data.read_jsonl(files["dev"])[:cfg.sft.n_dev_eval]
+            del model
+            free_memory()
+            model, tokenizer = load_policy(cfg, "sft", device)
+            with timer.section("eval_after"):
+                acc, records, _ = dev_check(model, tokenizer, dev_rows, style=cfg.model.prompt_style,
+                                            max_new_tokens=cfg.sft.max_new_tokens, batch_size=cfg.sft.eval_batch_size,
+                                            desc="dev (sft)", progress=False, backend=cfg.rollouts.backend)
+            metrics.update(dev_accuracy_after=acc, n_dev=len(records),
+                           dev_accuracy_after_strict=sum(r["correct_strict"] for r in records) / max(1, len(records)))
+        metrics["stage_seconds"] = timer.totals
+        save_metrics(cfg.run_dir, "02_sft", metrics)
+        print(json.dumps(metrics, default=str), flush=True)
+        print(f"done: {result.train_steps} steps on {world} process(es), model in {result.output_dir}", flush=True)
+    if procs is not None:
+        procs.wait_for_everyone()
+        procs.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
