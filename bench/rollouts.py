@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from looper_utils import engine as eng  # noqa: E402
-from looper_utils import engine_kernels as ek  # noqa: E402
+from looper_utils.engine import kernels as ek  # noqa: E402
 
 SHAPES = {
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

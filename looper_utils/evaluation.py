@@ -66,7 +66,7 @@ COLUMNS = ["id", "question", "gold", "steps", "completion", "extracted", "extrac
 TEST_SETS = {"platinum": "platinum", "gsm8k_test": "test", "dev": "dev"}  # name -> data.data_files key
 PPO_NAMES = ("ppo", "ppo_best", "ppo_last")
 PAIRS = {"ppo_vs_sft": ("ppo", "sft"), "sft_vs_base": ("sft", "base")}  # first minus second
-_PPO_FILE = "policy_adapter.safetensors"  # what ppo_model.save_policy_adapter writes
+from .modeling import PPO_ADAPTER_FILE as _PPO_FILE  # what ppo.model.save_policy_adapter writes
 
 
 def eval_dir(run_dir: Path) -> Path:
@@ -89,7 +89,7 @@ class ModelSpec:
 
 
 def _ppo_spec(cfg: Config, name: str, which: str | None) -> ModelSpec:
-    from .ppo_resume import same_run
+    from .ppo.resume import same_run
 
     ppo = cfg.checkpoints_dir / "ppo"
     order = [which] if which else ["best", "last"]
@@ -159,7 +159,7 @@ def resolve_models(cfg: Config, names: Sequence[str] | None = None) -> list[Mode
 
 def _load_model(cfg: Config, spec: ModelSpec, device):
     from .modeling import load_policy
-    from .ppo_model import load_ppo_policy
+    from .ppo.model import load_ppo_policy
 
     if spec.kind == "ppo":
         return load_ppo_policy(cfg, spec.path, device)

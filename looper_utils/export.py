@@ -3,7 +3,7 @@
 A PPO checkpoint (``checkpoints/ppo/best`` or ``last``) holds only the policy
 LoRA adapter (``policy_adapter.safetensors``) over the SFT model, so using it
 takes this project's loader. ``export_ppo`` loads it exactly as 06's
-evaluation does (``ppo_model.load_ppo_policy``: SFT model + policy adapter),
+evaluation does (``ppo.model.load_ppo_policy``: SFT model + policy adapter),
 folds the adapter into the weights and writes ``checkpoints/export/``:
 
 - ``config.json``, ``generation_config.json``, ``model.safetensors``
@@ -36,7 +36,8 @@ import torch
 
 from . import config as config_mod
 from .artifacts import MissingInputError, atomic_write_json
-from .modeling import _atomic_dir, count_params, quiet_progress, read_state, resolve_device, sft_dir
+from .artifacts import atomic_dir
+from .modeling import count_params, quiet_progress, read_state, resolve_device, sft_dir
 from .prompts import build_prompt, completion_starts_in_think
 
 __all__ = ["EXPORT_INFO", "ExportResult", "export_dir", "find_source", "export_ppo"]
@@ -92,7 +93,7 @@ def export_ppo(cfg: config_mod.Config, source: str | Path = "ppo", out_dir: str 
     as ``me/looper-math``) also uploads model and tokenizer, as a private
     repo unless ``private=False``; it needs a login (``hf auth login``).
     """
-    from .ppo_model import load_ppo_policy
+    from .ppo.model import load_ppo_policy
 
     path, why = find_source(cfg, str(source))
     if path is None:
@@ -121,7 +122,7 @@ def export_ppo(cfg: config_mod.Config, source: str | Path = "ppo", out_dir: str 
         "load": f"AutoModelForCausalLM.from_pretrained('{out}'); AutoTokenizer.from_pretrained('{out}')",
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with _atomic_dir(out) as tmp, quiet_progress():
+    with atomic_dir(out) as tmp, quiet_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         config_mod.save(cfg, tmp / "looper_config.json")

@@ -28,10 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -39,7 +36,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from . import config as config_mod
-from .artifacts import atomic_write_json, make_shareable, overwrite_notice, read_json
+from .artifacts import atomic_dir, atomic_write_json, overwrite_notice, read_json
 from .prompts import THINK_CLOSE, THINK_OPEN, prompt_wording
 
 __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE", "ModelLoadError",
@@ -52,6 +49,7 @@ __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE"
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
 CONFIG_FILE, STATE_FILE = "looper_config.json", "looper_state.json"
+PPO_ADAPTER_FILE = "policy_adapter.safetensors"  # the PPO policy adapter in checkpoints/ppo/{last,best}
 
 
 class ModelLoadError(RuntimeError):
@@ -211,30 +209,6 @@ def quiet_progress() -> Iterator[None]:
             ds.utils.enable_progress_bars()
 
 
-@contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints are shared like any new folder
-    try:
-        yield tmp
-        make_shareable(tmp)  # safetensors and torch write some files 0600; a checkpoint is shared as a whole
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_checkpoint(out_dir: Path, model, tokenizer, cfg: config_mod.Config, stage: str, step: int,
                     extra: dict[str, Any] | None = None) -> Path:
     """Save model (full weights or PEFT adapter), tokenizer, config and step, atomically."""
@@ -247,7 +221,7 @@ def save_checkpoint(out_dir: Path, model, tokenizer, cfg: config_mod.Config, sta
             notice = None
         if notice:
             print(notice, flush=True)
-    with _atomic_dir(Path(out_dir)) as tmp, quiet_progress():
+    with atomic_dir(Path(out_dir)) as tmp, quiet_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         config_mod.save(cfg, tmp / CONFIG_FILE)

@@ -7,7 +7,7 @@ import torch
 
 from looper_utils import config, data, export, modeling, ppo, prompts, sft
 from looper_utils.artifacts import MissingInputError
-from looper_utils.ppo_model import POLICY
+from looper_utils.ppo.model import POLICY
 
 CPU = torch.device("cpu")
 QUESTIONS = ["Mia has 3 apples and buys 4 more. How many apples does she have now?",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from looper_utils import config, data, modeling, ppo
-from looper_utils.ppo_model import POLICY, REF, VALUE
-from looper_utils.ppo_resume import load_state
+from looper_utils.ppo.model import POLICY, REF, VALUE
+from looper_utils.ppo.resume import load_state
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_state_of_other_settings_is_set_aside_not_resumed(setup, tmp_path):
 
 
 def test_retrained_sft_model_is_another_run(setup, tmp_path):
-    from looper_utils.ppo_resume import resume_signature
+    from looper_utils.ppo.resume import resume_signature
     cfg, train, _ = setup
     root = tmp_path / "root"
     cfg2 = cfg.override(root=str(root))
@@ -159,7 +159,8 @@ def test_retrained_sft_model_is_another_run(setup, tmp_path):
 
 
 def test_saved_policy_loads_for_generation(setup, tmp_path):
-    from looper_utils import generation, ppo_model
+    from looper_utils import generation
+    from looper_utils.ppo import model as ppo_model
     tr = _trainer(setup, tmp_path / "p")
     tr.train(iterations=1)
     model, tok = ppo_model.load_ppo_policy(tr.cfg, tmp_path / "p" / "last", torch.device("cpu"))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from looper_utils import ppo_losses as L
+from looper_utils.ppo import losses as L
 
 
 def _gae_reference(rewards, values, gamma, lam):
@@ -95,7 +95,7 @@ def test_entropy_of_uniform_is_log_n():
 
 
 def test_ppo_diagnostics_match_the_losses_without_stepping():
-    from looper_utils.ppo_losses import kl_k3, masked_mean, policy_loss, ppo_diagnostics, value_loss
+    from looper_utils.ppo.losses import kl_k3, masked_mean, policy_loss, ppo_diagnostics, value_loss
 
     torch.manual_seed(0)
     old = torch.log_softmax(torch.randn(3, 5, 7), -1)[..., 0]

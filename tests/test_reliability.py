@@ -14,8 +14,9 @@ import _tiny
 import pytest
 import torch
 
-from looper_utils import (artifacts, config, data, evaluation, generation, modeling, pipeline, ppo, ppo_resume,
+from looper_utils import (artifacts, config, data, evaluation, generation, modeling, pipeline, ppo,
                           rollouts, sft)
+from looper_utils.ppo import resume as ppo_resume
 
 CPU = torch.device("cpu")
 

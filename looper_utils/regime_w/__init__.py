@@ -3,10 +3,10 @@
 - ``scoring``: a frozen ``Score`` per completion (answer, correctness, format,
   calculator steps recomputed by ``safe_eval``, truncation, repetition, guard flags);
 - ``reward``: ``reward = sum_k W_k * component_k`` with W from the config, and the hacking guards;
-- ``arms``: slices of the training problems and the bandits that choose among them.
+- ``arms``: slices of the training problems; ``bandits``: the bandits that choose among them.
 """
-from .arms import (Arm, Bandit, arm_of, arms_from_pass_rate, best_arms, build_arms, difficulty_arms,
-                   learning_signal, make_bandit, simulate, simulation_summary)
+from .arms import Arm, arm_of, arms_from_pass_rate, build_arms, difficulty_arms
+from .bandits import Bandit, best_arms, learning_signal, make_bandit, simulate, simulation_summary
 from .reward import COMPONENTS, GUARDS, components, components_table, guards, reward, reward_fn
 from .safe_eval import UnsafeExpression, safe_eval, try_eval
 from .scoring import Score, audit_calculations, calc_steps, score, score_table

@@ -14,7 +14,7 @@ cache read) and syncs with the host every step. Here:
   or merged) and bitsandbytes 4-bit linears work unchanged;
 - a preallocated cache ``[layers, 2, B, H_kv, T, D]`` is read by an attention
   that reads each KV head once and only the filled columns (Triton
-  flash-decoding, or GQA-packed SDPA over a bucketed slice: ``engine_kernels``);
+  flash-decoding, or GQA-packed SDPA over a bucketed slice: ``engine.kernels``);
 - on CUDA the glue between projections (residual + RMSNorm, rotary + cache
   write, SiLU * up) is fused, and the step (embedding -> logits) is a CUDA
   graph; sampling stays on the GPU; EOS is checked every ``check_every``
@@ -40,7 +40,7 @@ from types import SimpleNamespace
 
 import torch
 
-from looper_utils import engine_kernels as ek
+from . import kernels as ek
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 

@@ -1,4 +1,4 @@
-"""Attention, fused decode ops and samplers for the rollout engine (``looper_utils.engine``).
+"""Attention, fused decode ops and samplers for the rollout engine (``looper_utils.engine.sampler``).
 
 Decode attention reads each key/value head once for all the query heads that
 share it, and only the filled part of the cache:

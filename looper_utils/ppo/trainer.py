@@ -16,14 +16,14 @@ One iteration:
 8. metrics (one JSON line per iteration), periodic greedy dev eval, and an
    atomic checkpoint: adapters, value head, optimisers, schedulers, bandit,
    RNG states and the iteration, in files that load without running code
-   (safetensors + JSON, ``ppo_resume.save_state``). The log is written
+   (safetensors + JSON, ``ppo.resume.save_state``). The log is written
    before the checkpoint, so it always covers the checkpoint's iterations.
    ``resume`` continues from the last complete iteration; every random draw
    of an iteration is seeded by (seed, iteration), so a resumed run matches
    a straight one. A state written with other settings (model, SFT weights,
    reward, PPO knobs), an unreadable one, one in the old pickle format, and
    any earlier run's ``best``/``last`` when a run starts afresh are not
-   resumed but set aside as ``checkpoints/ppo.previous`` (``ppo_resume``).
+   resumed but set aside as ``checkpoints/ppo.previous`` (``ppo.resume``).
 
 Several GPUs: ``accelerate launch -m looper_utils.ppo --profile full ...``.
 Each process samples its share of the batch's prompts; gradients of the
@@ -42,7 +42,6 @@ import contextlib
 import copy
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,21 +50,21 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import modeling, prompts
-from .data import completion_style, style_shares
-from .artifacts import Timer, atomic_write_text, progress_line
-from .config import Config
-from .generation import generate
-from .ppo_losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
+from .. import modeling, prompts
+from ..data import completion_style, style_shares
+from ..artifacts import Timer, atomic_dir, atomic_write_text, progress_line
+from ..config import Config
+from ..generation import generate
+from .losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
                          policy_loss, ppo_diagnostics, token_rewards, value_loss)
-from .ppo_model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
-from .ppo_resume import (STATE_TENSORS, StateError, can_resume, load_state, move_aside, resume_signature,
+from .model import POLICY, REF, VALUE, PolicyValue, save_policy_adapter
+from .resume import (STATE_TENSORS, StateError, can_resume, load_state, move_aside, resume_signature,
                          save_state, state_problem, write_signature)
-from .ppo_steps import (Advantages, Rollout, Scored, lr_factor, optimizer_steps,  # noqa: F401 - the tables for 05
-                        samples_table, sequence_table)
-from .regime_w.arms import build_arms, learning_signal, make_bandit
-from .regime_w.reward import components, reward
-from .regime_w.scoring import score
+from .steps import Advantages, Rollout, Scored, lr_factor, optimizer_steps
+from ..regime_w.arms import build_arms
+from ..regime_w.bandits import learning_signal, make_bandit
+from ..regime_w.reward import components, reward
+from ..regime_w.scoring import score
 
 LOG_NAME = "ppo_log.jsonl"
 STATE_NAME = STATE_TENSORS  # with trainer_state.json beside it
@@ -118,7 +117,7 @@ class Distributed:
     """What the loop needs of accelerate: rank, world size, gradient and metric averaging."""
 
     def __init__(self, cfg: Config) -> None:
-        from .sft import check_report_to, tracking_dir
+        from ..sft import check_report_to, tracking_dir
 
         self.acc = None
         log_with = None if check_report_to(cfg.ppo.report_to, "ppo.report_to") == "none" else cfg.ppo.report_to
@@ -222,7 +221,7 @@ class PPOTrainer:
         self.train_rows, self.dev_rows = train_rows, dev_rows[:self.p.n_dev] if self.p.n_dev else dev_rows
         rollout_df = None
         if cfg.bandit.arms == "pass_rate":  # arms from 03's measured pass rates
-            from .rollouts import load_rollouts
+            from ..rollouts import load_rollouts
 
             rollout_df = load_rollouts(cfg.run_dir)
         self.arms = build_arms(cfg.bandit, train_rows, rollout_df)
@@ -352,7 +351,7 @@ class PPOTrainer:
 
     def diagnostics(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
         """Ratio, clipped objective, KL and value loss of the current policy on the whole batch, without
-        stepping (``ppo_losses.ppo_diagnostics``): before ``update`` the ratio is 1, after it is not."""
+        stepping (``ppo.losses.ppo_diagnostics``): before ``update`` the ratio is 1, after it is not."""
         b = rollout.batch
         logp, values = [], []
         mb = self.p.minibatch_size
@@ -484,7 +483,7 @@ class PPOTrainer:
         The style of every answer (``data.completion_style``) is kept in
         ``last_dev_styles`` for the style-share plots.
         """
-        from .sft import dev_check
+        from ..sft import dev_check
 
         rows = rows if rows is not None else self.dev_rows
         with self.pv.use(POLICY):
@@ -509,10 +508,10 @@ class PPOTrainer:
 
     def save(self, name: str) -> Path:
         """Write ``<out>/<name>/`` atomically: trainer state, policy adapter, config, step."""
-        from .config import save as save_cfg
+        from ..config import save as save_cfg
 
         final = self.out / name
-        with modeling._atomic_dir(final) as tmp:
+        with atomic_dir(final) as tmp:
             save_state(tmp, self.state())
             save_policy_adapter(self.pv, tmp)
             save_cfg(self.cfg, tmp / modeling.CONFIG_FILE)
@@ -523,7 +522,7 @@ class PPOTrainer:
 
     def load(self, path: Path, st: dict[str, Any] | None = None) -> None:
         """Restore the state ``save`` wrote to ``path`` (or ``st``, read from it already). Nothing in the files
-        runs; ``ppo_resume.StateError`` if they cannot be read."""
+        runs; ``ppo.resume.StateError`` if they cannot be read."""
         st = load_state(path) if st is None else st
         self.pv.load_trainable_state(st["trainable"])
         self.opt_pi.load_state_dict(st["opt_pi"])
@@ -629,7 +628,7 @@ class PPOTrainer:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m looper_utils.ppo`` / ``accelerate launch -m looper_utils.ppo``: 05 without the notebook."""
-    from . import config as config_mod, data
+    from .. import config as config_mod, data
 
     ap = argparse.ArgumentParser(prog="looper_utils.ppo", description="PPO with the Regime W reward")
     ap.add_argument("--profile", default="smoke")
@@ -637,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args(argv)
-    from .pipeline import parse_params
+    from ..pipeline import parse_params
 
     cfg = config_mod.build(a.profile, stage="ppo", run_id=a.run_id, root=a.root, **parse_params(a.param))
     files = data.data_files(cfg.data_dir)
@@ -653,7 +652,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {len(hist)} iterations on {trainer.dist.world} process(es), checkpoints in {trainer.out}")
     trainer.dist.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

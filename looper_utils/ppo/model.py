@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import modeling
-from .config import Config
+from .. import modeling
+from ..config import Config
 
 POLICY, VALUE, REF = "policy", "value", "ref"
 
@@ -139,7 +139,7 @@ class PolicyValue(nn.Module):
         ``temperature`` scales the logits as sampling did, so the probabilities are those of the policy
         that produced the tokens (PPO's ratio and the KL are taken on that distribution).
         """
-        from .ppo_losses import entropy_from_logits
+        from .losses import entropy_from_logits
 
         with self.use(adapter):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -164,7 +164,7 @@ def save_policy_adapter(pv: PolicyValue, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
     sd = get_peft_model_state_dict(pv.model, adapter_name=POLICY)
-    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(Path(out_dir) / "policy_adapter.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(Path(out_dir) / modeling.PPO_ADAPTER_FILE))
 
 
 def load_ppo_policy(cfg: Config, ckpt_dir: Path, device: torch.device | None = None) -> tuple[Any, Any]:
@@ -172,10 +172,10 @@ def load_ppo_policy(cfg: Config, ckpt_dir: Path, device: torch.device | None = N
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .artifacts import require
+    from ..artifacts import require
 
     device = device or modeling.resolve_device(cfg.device)
-    path = require(Path(ckpt_dir) / "policy_adapter.safetensors", "05_ppo")
+    path = require(Path(ckpt_dir) / modeling.PPO_ADAPTER_FILE, "05_ppo")
     model, tokenizer, _ = _load_policy_base(cfg, device)
     set_peft_model_state_dict(model, load_file(str(path), device=str(device)), adapter_name=POLICY)
     model.set_adapter(POLICY)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .ppo import Batch
+    from .trainer import Batch
 
 __all__ = ["Rollout", "Scored", "Advantages", "optimizer_steps", "lr_factor", "samples_table", "sequence_table"]
 

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import modeling
-from .artifacts import atomic_write_text
-from .config import Config, model_identity
-from .data import rows_digest
+from .. import modeling
+from ..artifacts import atomic_write_text
+from ..config import Config, model_identity
+from ..data import rows_digest
 
 SIGNATURE_NAME = "resume_signature.json"
 STATE_TENSORS = "trainer_state.safetensors"
