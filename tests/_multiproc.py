@@ -79,7 +79,7 @@ def ppo_update_on_fixed_batch(root: Path, rank: int, world: int) -> dict[str, to
     each rank's batch and would differ. One minibatch per rank covers its whole share.
     """
     from looper_utils import config, data, ppo
-    from looper_utils.ppo_losses import group_advantages
+    from looper_utils.ppo.losses import group_advantages
 
     params = dict(p.split("=", 1) for p in TINY_PARAMS + PPO_PARAMS)
     from looper_utils.pipeline import parse_params
