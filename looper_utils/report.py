@@ -274,6 +274,10 @@ def _regime_w(m: dict) -> tuple[str, list, set]:
     return summary, blocks, consumed
 
 
+_TIME_PARTS = {"generate": "sampling", "score": "scoring (Regime W)", "forward": "log-probs and values",
+               "update": "PPO update"}
+
+
 def _ppo(m: dict) -> tuple[str, list, set]:
     n, s, p = m.get("n_dev"), m.get("dev_accuracy_sft"), m.get("dev_accuracy_ppo")
     blocks: list[Any] = [_kv([
@@ -287,18 +291,28 @@ def _ppo(m: dict) -> tuple[str, list, set]:
         ("KL to reference (last)", _num(m.get("kl_last")), "kl_last" in m),
         ("tokens / s", _num(m.get("tokens_per_second")), "tokens_per_second" in m),
         ("time", _seconds(m.get("seconds")), "seconds" in m)])]
+    first, last = m.get("reward_by_arm_first"), m.get("reward_by_arm_last")
+    if isinstance(first, dict) and isinstance(last, dict) and (first or last):
+        sf, sl = m.get("arm_share_first") or {}, m.get("arm_share_last") or {}
+        arms = list(dict.fromkeys([*first, *last]))
+        blocks += [Para("The mean reward moves with the arm mix as well as with learning: each arm's own reward "
+                        "and its share of the prompts, first → last iteration."),
+                   Table(["arm", "reward", "share of prompts"],
+                         [[a, f"{_num(first.get(a))} → {_num(last.get(a))}", f"{_pct(sf.get(a))} → {_pct(sl.get(a))}"]
+                          for a in arms])]
     split = m.get("time_split")
     if isinstance(split, dict) and split:
         total = sum(v for v in split.values() if isinstance(v, (int, float))) or None
         blocks += [Para("Where the time went:"),
-                   Table(["part", "time", "share"], [[k, _seconds(v), _pct(v / total) if total and isinstance(
-                       v, (int, float)) else _DASH] for k, v in split.items()])]
+                   Table(["part", "time", "share"], [[_TIME_PARTS.get(k, k), _seconds(v), _pct(v / total) if total and
+                                                      isinstance(v, (int, float)) else _DASH] for k, v in split.items()])]
     summary = f"dev accuracy SFT {_pct(s)} → PPO {_pct(p)}"
     if "reward_first" in m or "reward_last" in m:
         summary += f"; reward {_num(m.get('reward_first'))} → {_num(m.get('reward_last'))}"
     return summary, blocks, {(k,) for k in ("n_dev", "dev_accuracy_sft", "dev_accuracy_ppo", "dev_ci95_sft",
                                             "dev_ci95_ppo", "iterations", "reward_first", "reward_last", "kl_last",
-                                            "tokens_per_second", "seconds", "time_split")}
+                                            "tokens_per_second", "seconds", "time_split", "reward_by_arm_first",
+                                            "reward_by_arm_last", "arm_share_first", "arm_share_last")}
 
 
 def _eval(m: dict) -> tuple[str, list, set]:

@@ -92,6 +92,9 @@ def test_05_ppo(pipeline_run):
         shares = [row[f"style_{k}"] for k in ("worked", "terse", "slip", "other")]
         assert sum(shares) == pytest.approx(1.0) and row["response_length"] > 0
     assert (pipeline_run / "figures" / "05_style_share.png").is_file()
+    # the reward per arm and the arm mix that explain the mean reward's moves
+    assert set(m["reward_by_arm_last"]) <= set(m["arm_share_last"]) | set(m["reward_by_arm_first"])
+    assert sum(m["arm_share_last"].values()) == pytest.approx(1.0)
     assert set(m["time_split"]) == {"generate", "score", "forward", "update"}
     root = pipeline_run.parents[1]
     assert (root / "checkpoints" / "ppo" / "last" / "policy_adapter.safetensors").is_file()

@@ -57,7 +57,7 @@ def test_markdown_has_the_numbers(built):
         "| reward mean ± std | 0.5127 ± 0.4318 |",
         "| payoff vs uniform | 1.21× |",              # 118.4 / 97.9
         "| dev accuracy PPO [95% CI] | 53.7% [48.0, 59.3] |",
-        "| generate | 4 min 11 s | 60.9% |",           # 251.3 of 412.9 s
+        "| sampling | 4 min 11 s | 60.9% |",           # 251.3 of 412.9 s
         "| ppo | 52.3% [46.7, 58.0] (n=300) | 51.3% [45.7, 57.0] (n=300) |",
         "| ppo vs sft | platinum | +6.7 pp | [+2.7, +10.7] | 0.0021 | 28 | 8 |",
         "| sft/platinum | 137 | 4 | 9 | 2 | 148 |",
@@ -156,3 +156,19 @@ def test_environment_info_and_missing_folder(tmp_path):
     assert {"torch", "transformers", "trl", "peft", "gpu"} <= set(env)
     with pytest.raises(FileNotFoundError, match="runs/<run_id>"):
         build_report(tmp_path / "nope")
+
+
+def test_ppo_reward_per_arm_explains_the_mean(tmp_path):
+    """05's reward per arm, first -> last iteration, with each arm's share of the prompts."""
+    from looper_utils import report
+
+    run = tmp_path / "runs" / "r"
+    (run / "metrics").mkdir(parents=True)
+    (run / "metrics" / "05_ppo.json").write_text(json.dumps({
+        "dev_accuracy_sft": 0.37, "dev_accuracy_ppo": 0.75, "n_dev": 300, "reward_first": 0.74, "reward_last": 0.71,
+        "reward_by_arm_first": {"1 step": 0.9, "2 steps": 0.5}, "reward_by_arm_last": {"1 step": 1.1, "2 steps": 0.8},
+        "arm_share_first": {"1 step": 0.5, "2 steps": 0.5}, "arm_share_last": {"1 step": 0.1, "2 steps": 0.9}}))
+    md_path, _ = report.build_report(run)
+    md = md_path.read_text()
+    assert "| 2 steps | 0.5 → 0.8 | 50.0% → 90.0% |" in md and "| 1 step | 0.9 → 1.1 | 50.0% → 10.0% |" in md
+    assert "reward_by_arm" not in md  # shown as the table, not again under other metrics

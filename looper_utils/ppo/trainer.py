@@ -427,8 +427,16 @@ class PPOTrainer:
             "t_forward": t.get("forward", 0.0), "t_update": t.get("update", 0.0),
             "gen_tokens_per_second": roll.result.tokens_per_second,
             "arms": {str(a): sum(1 for x in roll.arm_ids if x == a) for a in sorted(set(roll.arm_ids))},
+            # the mean reward moves with the arm mix as much as with learning: each arm's own reward
+            "reward_by_arm": self._reward_by_arm(roll, rewards),
         }
         return self.dist.average(metrics)
+
+    def _reward_by_arm(self, roll: Rollout, rewards: torch.Tensor) -> dict[str, float]:
+        by: dict[str, list[float]] = {}
+        for s, r in zip(roll.samples, rewards.tolist()):
+            by.setdefault(self.arms[roll.arm_ids[s.prompt_index]].name, []).append(r)
+        return {name: float(np.mean(v)) for name, v in by.items()}
 
     def _step(self, opt, sched, params: list[torch.nn.Parameter]) -> None:
         """Average gradients across processes, clip them, step the optimiser and its schedule."""
