@@ -155,6 +155,20 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def stage_config(prog: str, description: str, stage: str, argv: list[str] | None = None):
+    """The config of one stage run from the command line (``python -m looper_utils.ppo`` or ``.sft``, also
+    under ``accelerate launch``): ``--profile``, ``--run-id``, ``--root`` and ``-p key=value`` as here."""
+    from .config import build
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--run-id", default="latest")
+    ap.add_argument("--root", default="")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args(argv)
+    return build(a.profile, stage=stage, run_id=a.run_id, root=a.root, **parse_params(a.param))
+
+
 def _summary(metrics: dict[str, Any], stage: str = "", limit: int = 8) -> str:
     """The stage's key result in one line (its first plain metrics for a stage it does not know).
 

@@ -33,7 +33,6 @@ PPO scores.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -457,15 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import data
     from .artifacts import Timer, save_metrics
     from .modeling import build_or_load_base, free_memory, load_policy
-    from .pipeline import parse_params
+    from .pipeline import stage_config
 
-    ap = argparse.ArgumentParser(prog="looper_utils.sft", description="SFT on the gold worked solutions")
-    ap.add_argument("--profile", default="smoke")
-    ap.add_argument("--run-id", default="latest")
-    ap.add_argument("--root", default="")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    a = ap.parse_args(argv)
-    cfg = config_mod.build(a.profile, stage="sft", run_id=a.run_id, root=a.root, **parse_params(a.param))
+    cfg = stage_config("looper_utils.sft", "SFT on the gold worked solutions", "sft", argv)
     check_report_to(cfg.sft.report_to)
     files = data.data_files(cfg.data_dir)
     train_rows = data.read_jsonl(files["train"])

@@ -8,20 +8,14 @@ from looper_utils import config, data, modeling, ppo
 from looper_utils.ppo.model import POLICY, REF, VALUE
 from looper_utils.ppo.resume import load_state
 
+from _tiny import tiny_ppo_project
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo_root")
-    rows = data.synthetic_problems(120, seed=0)
-    cfg = config.build("smoke", root=str(root), stage="ppo", iterations=3, prompts_per_iter=4, k=2, advantage="gae",
-                       max_new_tokens=16, minibatch_size=4, eval_every=0, n_dev=8, ppo_epochs=1,
-                       learning_rate=5e-3, **{"model.hidden_size": 32, "model.num_layers": 1,
-                                              "model.intermediate_size": 64})
-    tok = modeling.build_tokenizer(modeling.tokenizer_corpus(rows), vocab_size=300)
-    model = modeling.build_scratch_model(cfg.model, tok, seed=0)
-    modeling.save_checkpoint(modeling.base_dir(cfg), model, tok, cfg, stage="base", step=0)
-    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=0)
-    return cfg, rows[:100], rows[100:]
+    return tiny_ppo_project(tmp_path_factory.mktemp("ppo_root"), 120, 100, iterations=3, prompts_per_iter=4, k=2,
+                            advantage="gae", max_new_tokens=16, minibatch_size=4, eval_every=0, n_dev=8,
+                            ppo_epochs=1, learning_rate=5e-3)
 
 
 def _trainer(setup, out, **over):

@@ -263,17 +263,9 @@ def test_a_stale_lock_is_taken_over(tmp_path):
 @pytest.fixture(scope="module")
 def ppo_root(tmp_path_factory):
     """A project folder with a tiny base and SFT model, and the rows PPO trains on."""
-    root = tmp_path_factory.mktemp("ppo_reliability")
-    rows = data.synthetic_problems(60, seed=0)
-    cfg = config.build("smoke", root=str(root), stage="ppo", device="cpu", iterations=2, prompts_per_iter=2, k=2,
-                       advantage="group", max_new_tokens=8, minibatch_size=4, eval_every=0, n_dev=4, ppo_epochs=1,
-                       learning_rate=5e-3, **{"model.hidden_size": 32, "model.num_layers": 1,
-                                              "model.intermediate_size": 64})
-    tok = modeling.build_tokenizer(modeling.tokenizer_corpus(rows), vocab_size=300)
-    model = modeling.build_scratch_model(cfg.model, tok, seed=0)
-    modeling.save_checkpoint(modeling.base_dir(cfg), model, tok, cfg, stage="base", step=0)
-    modeling.save_checkpoint(modeling.sft_dir(cfg), model, tok, cfg, stage="sft", step=0)
-    return cfg, rows[:50], rows[50:]
+    return _tiny.tiny_ppo_project(tmp_path_factory.mktemp("ppo_reliability"), 60, 50, device="cpu", iterations=2,
+                            prompts_per_iter=2, k=2, advantage="group", max_new_tokens=8, minibatch_size=4,
+                            eval_every=0, n_dev=4, ppo_epochs=1, learning_rate=5e-3)
 
 
 def _project(ppo_root, tmp_path, **over):

@@ -37,7 +37,6 @@ checkpoint keeps rank 0's.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -636,17 +635,10 @@ class PPOTrainer:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m looper_utils.ppo`` / ``accelerate launch -m looper_utils.ppo``: 05 without the notebook."""
-    from .. import config as config_mod, data
+    from .. import data
+    from ..pipeline import stage_config
 
-    ap = argparse.ArgumentParser(prog="looper_utils.ppo", description="PPO with the Regime W reward")
-    ap.add_argument("--profile", default="smoke")
-    ap.add_argument("--run-id", default="latest")
-    ap.add_argument("--root", default="")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    a = ap.parse_args(argv)
-    from ..pipeline import parse_params
-
-    cfg = config_mod.build(a.profile, stage="ppo", run_id=a.run_id, root=a.root, **parse_params(a.param))
+    cfg = stage_config("looper_utils.ppo", "PPO with the Regime W reward", "ppo", argv)
     files = data.data_files(cfg.data_dir)
     trainer = PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]))
     main_rank = trainer.dist.is_main
