@@ -54,7 +54,7 @@ from .shards import n_shards, shard_path, write_missing
 from .config import Config
 from .data import COMPLETION_STYLES, completion_style, count_steps, data_files, read_jsonl
 from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
-                    paired_comparison, wilson_ci)
+                    paired_comparison, verdict_sentence, wilson_ci)
 
 __all__ = ["COLUMNS", "TEST_SETS", "PPO_NAMES", "PAIRS", "ModelSpec", "EvalResult", "eval_dir", "resolve_models",
            "load_test_set", "grade_question", "grade_records", "evaluate_set", "run", "load_records", "summarize",
@@ -474,19 +474,9 @@ def verdicts(summary: Mapping[str, Any], alpha: float = 0.01, synthetic: bool = 
     a = _ppo_name(models)
     for ts, r in summary.get("paired", {}).get("ppo_vs_sft", {}).items():
         pa, pb = models.get(a, {}).get(ts, {}), models.get("sft", {}).get(ts, {})
-        diff, (lo, hi), p = r["diff"], r["ci95"], r["mcnemar_p"]
-        if p < alpha and diff > 0:
-            how = "beats SFT"
-        elif p < alpha and diff < 0:
-            how = "is worse than SFT"
-        else:
-            how = f"is not distinguishable from SFT at p < {alpha:g}"
-        p_s = "p < 1e-10" if p < 1e-10 else f"p = {p:.2g}"
-        n = pa.get("n")
         name = (_SYNTHETIC_SET_NAMES if synthetic else _SET_NAMES).get(ts, ts)
-        out[ts] = (f"On {name}{f' ({n} problems)' if n else ''} PPO {how}: "
-                   f"{100 * pa.get('accuracy', float('nan')):.1f}% vs {100 * pb.get('accuracy', float('nan')):.1f}%, "
-                   f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), McNemar {p_s}.")
+        out[ts] = verdict_sentence(name, pa.get("n"), pa.get("accuracy", float("nan")),
+                                   pb.get("accuracy", float("nan")), r, alpha)
     return out
 
 

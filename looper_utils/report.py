@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .artifacts import STAGES, atomic_write_text, read_json
-from .stats import wilson_ci
+from .stats import verdict_sentence, wilson_ci
 
 __all__ = ["build_report", "environment_info", "STAGE_TITLES"]
 
@@ -547,11 +547,8 @@ def _verdict_blocks(run: _Run) -> list:
     ppo = run.metrics.get("05_ppo") or {}
     paired = ppo.get("paired") if isinstance(ppo.get("paired"), dict) else {}
     if not sentences and {"diff", "mcnemar_p"} <= set(paired):
-        s, p = ppo.get("dev_accuracy_sft"), ppo.get("dev_accuracy_ppo")
-        ci = paired.get("ci95") or [float("nan")] * 2
-        sentences = [f"On the dev split ({_num(ppo.get('n_dev'))} problems) PPO scores {_pct(p)} against SFT's "
-                     f"{_pct(s)}: {100 * paired['diff']:+.1f} points (95% CI {100 * ci[0]:+.1f} to "
-                     f"{100 * ci[1]:+.1f}), McNemar p = {paired['mcnemar_p']:.2g}."]
+        sentences = [verdict_sentence("the dev split", ppo.get("n_dev"), ppo.get("dev_accuracy_ppo", float("nan")),
+                                      ppo.get("dev_accuracy_sft", float("nan")), paired)]
     if not sentences:
         return []
     cfg01 = run.configs.get("01_data")

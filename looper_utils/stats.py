@@ -329,3 +329,26 @@ def error_breakdown(df: Any, by: str | Sequence[str] | None = None, normalize: b
         shares = table[list(ERROR_CATEGORIES)].div(table["n"], axis=0)
         table = pd.concat([table[["n"]], shares], axis=1)
     return table
+
+
+def verdict_sentence(set_name: str, n: int | None, acc_ppo: float, acc_sft: float, paired: dict[str, Any],
+                     alpha: float = 0.01) -> str:
+    """The headline sentence for one test set: PPO against SFT, the paired difference, its 95% interval, McNemar's p.
+
+    ``paired`` is a ``paired_comparison`` result (``diff``, ``ci95``, ``mcnemar_p``).
+
+    >>> print(verdict_sentence("the dev split", 300, 0.753, 0.37, {"diff": 0.383, "ci95": [0.32, 0.44], "mcnemar_p": 2e-25}))
+    On the dev split (300 problems) PPO beats SFT: 75.3% vs 37.0%, +38.3 points (95% CI +32.0 to +44.0), McNemar p < 1e-10.
+    """
+    diff, p = paired["diff"], paired["mcnemar_p"]
+    lo, hi = paired.get("ci95") or (float("nan"), float("nan"))
+    if p < alpha and diff > 0:
+        how = "beats SFT"
+    elif p < alpha and diff < 0:
+        how = "is worse than SFT"
+    else:
+        how = f"is not distinguishable from SFT at p < {alpha:g}"
+    p_s = "p < 1e-10" if p < 1e-10 else f"p = {p:.2g}"
+    return (f"On {set_name}{f' ({n} problems)' if n else ''} PPO {how}: {100 * acc_ppo:.1f}% vs {100 * acc_sft:.1f}%, "
+            f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), McNemar {p_s}.")
+
