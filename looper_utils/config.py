@@ -270,8 +270,8 @@ def demo() -> Config:
                            n_dev_eval=1000, max_new_tokens=256, eval_batch_size=512),
         rollouts=RolloutConfig(k=8, n_problems=512, max_new_tokens=256, batch_size=1024, backend="engine",
                                shard_size=128),
-        ppo=PPOConfig(iterations=20, prompts_per_iter=128, k=8, learning_rate=2e-4,
-                      max_new_tokens=256, minibatch_size=128, eval_every=10, n_dev=1000,
+        ppo=PPOConfig(iterations=10, prompts_per_iter=128, k=8, learning_rate=2e-4,
+                      max_new_tokens=256, minibatch_size=128, eval_every=5, n_dev=1000,
                       advantage="group"),
         eval=EvalConfig(max_new_tokens=256, batch_size=512),
     )
