@@ -174,6 +174,9 @@ class PPOConfig:
     # to 0 at the last step; both ramp up linearly over the first warmup_iterations' steps
     lr_schedule: str = "constant"
     warmup_iterations: int = 0
+    # "auto": on a GPU with bf16, a full-precision frozen base is kept in bf16 and the forwards run under
+    # bf16 autocast (adapters, optimiser and log-prob arithmetic in fp32); "fp32": fp32 throughout
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -687,6 +690,7 @@ def _validate(cfg: Config) -> None:
         (all(t in ("platinum", "gsm8k_test", "dev") for t in cfg.eval.test_sets),
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
         (cfg.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be 'constant' or 'linear'"),
+        (cfg.ppo.precision in ("auto", "fp32"), "ppo.precision must be 'auto' or 'fp32'"),
         (0 <= cfg.ppo.warmup_iterations <= cfg.ppo.iterations,
          "ppo.warmup_iterations must be between 0 and ppo.iterations"),
     ]

@@ -273,3 +273,91 @@ def test_snapshot_and_restore_span_notebook_cells(setup, tmp_path):
     assert any(not torch.equal(moved[k], v) for k, v in snap["trainable"].items())
     assert all(torch.equal(v, tr.pv.trainable_state()[k]) for k, v in snap["trainable"].items())
     assert tr.sched_pi.last_epoch == 0 and not tr.opt_pi.state and tr.reference_mode == "disabled"
+
+
+def _full_logits_logprobs(tr, b, adapter=POLICY, temperature=1.0):
+    """The plain reference: the whole model's logits, log_softmax, gather, entropy."""
+    with tr.pv.use(adapter):
+        logits = tr.pv.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
+    logits = logits / temperature
+    logp = torch.log_softmax(logits, -1)
+    return logp.gather(-1, b.input_ids[:, 1:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1 << 26, 5 * 300])  # one chunk; chunks of a few tokens, recomputed in the backward
+def test_chunked_head_log_probs_and_gradients_match_full_logits(setup, tmp_path, monkeypatch, chunk):
+    from looper_utils.ppo import model as ppo_model
+
+    monkeypatch.setattr(ppo_model, "_LOGIT_CHUNK", chunk)
+    recomputed = []
+    real_checkpoint = ppo_model.checkpoint
+    monkeypatch.setattr(ppo_model, "checkpoint", lambda *a, **k: recomputed.append(1) or real_checkpoint(*a, **k))
+    tr = _trainer(setup, tmp_path / "c")
+    b = _batch(tr)
+    with torch.no_grad():  # a policy away from the reference, so the adapter's gradients are not trivial
+        for p in tr.policy_params:
+            p.normal_(0, 0.05)
+    m = b.mask.bool()
+    ref_logp, ref_ent = _full_logits_logprobs(tr, b, temperature=0.7)
+    (ref_logp[m].sum() + ref_ent[m].sum()).backward()
+    want = [p.grad.clone() for p in tr.policy_params]
+    tr.opt_pi.zero_grad(set_to_none=True)
+    logp, ent = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask, with_entropy=True, mask=b.mask,
+                                     temperature=0.7)
+    assert torch.allclose(logp[m], ref_logp[m], atol=1e-5) and torch.allclose(ent[m], ref_ent[m], atol=1e-5)
+    assert torch.all(logp[~m] == 0) and torch.all(ent[~m] == 0), "positions outside the mask are 0"
+    (logp[m].sum() + ent[m].sum()).backward()
+    got = [p.grad for p in tr.policy_params]
+    assert (len(recomputed) > 1) == (chunk < 1 << 26)
+    assert sum(float(g.abs().sum()) for g in want) > 0
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_minibatch_cut_to_its_longest_sequence_changes_no_log_prob(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "w")
+    b = _batch(tr)
+    lengths = b.attention_mask.sum(1)
+    short = torch.nonzero(lengths < lengths.max()).flatten()[:2]
+    assert len(short), "the batch needs sequences of different lengths"
+    ids, att, m, width = ppo.minibatch(b, short)
+    assert width == int(lengths[short].max()) < b.input_ids.shape[1]
+    with torch.no_grad():
+        cut = tr.pv.token_logprobs(POLICY, ids, att, mask=m)[0]
+        whole = tr.pv.token_logprobs(POLICY, b.input_ids[short], b.attention_mask[short], mask=b.mask[short])[0]
+    assert torch.allclose(cut, whole[:, :width - 1], atol=1e-5) and torch.all(whole[:, width - 1:] == 0)
+    full = tr._forward_all(b, ("logp",))["logp"]
+    assert full.shape == b.mask.shape
+    assert torch.allclose(full[short], whole, atol=1e-5)
+
+
+def test_group_advantages_skip_the_critic_and_gae_adds_it(setup, tmp_path, monkeypatch):
+    tr = _trainer(setup, tmp_path / "v", advantage="group")
+    roll = tr.sample(0)
+    scored = tr.score(roll)
+    calls = []
+    values = tr.pv.values
+    monkeypatch.setattr(tr.pv, "values", lambda *a, **k: calls.append(1) or values(*a, **k))
+    group = tr.advantages(roll, scored)
+    assert calls == [] and "values" not in group.old and torch.all(group.ret == 0)
+    gae = tr.advantages(roll, scored, kind="gae", old=group.old)  # 05 shows both from one forward
+    assert calls and gae.old["values"].shape == roll.batch.mask.shape
+    assert torch.equal(gae.old["logp"], group.old["logp"])
+    table = ppo.sequence_table(tr.tokenizer, roll, {"group": group}, 0)
+    assert "value" not in table and len(table) == int(roll.batch.mask[0].sum())
+    assert "value" in ppo.sequence_table(tr.tokenizer, roll, {"gae": gae, "group": group}, 0)
+    d = tr.diagnostics(roll, group)
+    assert d["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and "value_loss" not in d
+
+
+def test_the_rollout_engine_is_made_once(setup, tmp_path, monkeypatch):
+    from looper_utils import engine
+
+    made = []
+    real = engine.Engine
+    monkeypatch.setattr(engine, "Engine", lambda *a, **k: made.append(1) or real(*a, **k))
+    tr = _trainer(setup, tmp_path / "e", **{"rollouts.backend": "engine"})
+    first = tr.sample(0)
+    tr.sample(1)
+    assert len(made) == 1 and tr._engine is not None
+    assert len(first.samples) == tr.p.prompts_per_iter * tr.p.k

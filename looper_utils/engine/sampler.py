@@ -374,6 +374,11 @@ class Engine:
         finally:
             model.train(was_training)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held by the KV cache (0 before the first call and after ``release``)."""
+        return 0 if self._kv is None else self._kv.numel() * self._kv.element_size()
+
     def release(self) -> None:
         """Free the KV cache and the graphs (e.g. before a PPO update); the next call rebuilds them."""
         self._kv = None

@@ -13,9 +13,9 @@ from .losses import ppo_diagnostics
 from .model import POLICY, REF, VALUE, PolicyValue, load_ppo_policy, save_policy_adapter
 from .resume import StateError, load_state, resume_signature, save_state
 from .steps import Advantages, Rollout, Scored, lr_factor, optimizer_steps, samples_table, sequence_table
-from .trainer import LOG_NAME, Batch, Distributed, PPOTrainer, main, make_batch, ppo_dir
+from .trainer import LOG_NAME, Batch, Distributed, PPOTrainer, main, make_batch, minibatch, ppo_dir
 
-__all__ = ["PPOTrainer", "Batch", "Distributed", "make_batch", "ppo_dir", "main", "LOG_NAME",
+__all__ = ["PPOTrainer", "Batch", "Distributed", "make_batch", "minibatch", "ppo_dir", "main", "LOG_NAME",
            "Rollout", "Scored", "Advantages", "lr_factor", "optimizer_steps", "samples_table", "sequence_table",
            "POLICY", "REF", "VALUE", "PolicyValue", "load_ppo_policy", "save_policy_adapter", "ppo_diagnostics",
            "StateError", "load_state", "save_state", "resume_signature"]

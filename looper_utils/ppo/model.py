@@ -16,6 +16,18 @@ rewards, so the PPO models are ours, on transformers + PEFT:
 
 Only the adapters and the value head are trained and saved, so a PPO
 checkpoint is a few MB whatever the base.
+
+Precision (``ppo.precision``): on a GPU with bf16, ``auto`` keeps a frozen
+full-precision base in bf16 and runs the forwards under bf16 autocast (the
+adapters, the value head, the optimiser and the log-prob arithmetic stay in
+fp32), as SFT's Trainer does; the 8B base is bf16 or 4-bit already. ``fp32``
+keeps everything in fp32. On the CPU both are fp32.
+
+Token log-probs are taken from the decoder's hidden states at the positions
+asked for (the completion tokens), with the LM head applied in chunks, so the
+full ``[batch, length, vocab]`` fp32 logits of a 128k-token vocabulary are
+never held at once; with gradients, each chunk's logits are recomputed in the
+backward pass instead of kept.
 """
 from __future__ import annotations
 
@@ -25,11 +37,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import modeling
 from ..config import Config
 
 POLICY, VALUE, REF = "policy", "value", "ref"
+# logits per chunk of the LM head in token_logprobs: 2**26 fp32 numbers (256 MiB), e.g. 512 tokens of a 128k vocabulary
+_LOGIT_CHUNK = 1 << 26
 
 
 def _lora(cfg: Config, dropout: float = 0.0):
@@ -39,8 +54,20 @@ def _lora(cfg: Config, dropout: float = 0.0):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _load_policy_base(cfg: Config, device: torch.device):
-    """(peft model with a ``policy`` adapter, tokenizer, ref_mode) built over the SFT checkpoint."""
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """True where the PPO forwards run in bf16: ``ppo.precision='auto'`` on a GPU that has it.
+
+    >>> from looper_utils.config import smoke
+    >>> use_bf16(smoke(), torch.device("cpu"))
+    False
+    """
+    return cfg.ppo.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False):
+    """(peft model with a ``policy`` adapter, tokenizer, ref_mode) built over the SFT checkpoint.
+
+    ``bf16``: a fully fine-tuned fp32 SFT model, frozen here, is kept in bf16 (the adapters stay fp32)."""
     from peft import PeftModel, get_peft_model
 
     sft = modeling.sft_dir(cfg)
@@ -59,6 +86,8 @@ def _load_policy_base(cfg: Config, device: torch.device):
     base, tokenizer = modeling.load_checkpoint(sft, device, merge=False)
     for p in base.parameters():
         p.requires_grad_(False)
+    if bf16 and next(base.parameters()).dtype == torch.float32:
+        base.to(torch.bfloat16)
     model = get_peft_model(base, _lora(cfg), adapter_name=POLICY)
     return model, tokenizer, "disabled"
 
@@ -68,7 +97,8 @@ class PolicyValue(nn.Module):
 
     def __init__(self, cfg: Config, device: torch.device):
         super().__init__()
-        model, tokenizer, ref_mode = _load_policy_base(cfg, device)
+        self.bf16 = use_bf16(cfg, device)
+        model, tokenizer, ref_mode = _load_policy_base(cfg, device, bf16=self.bf16)
         if ref_mode == "adapter":
             model.load_adapter(modeling.sft_dir(cfg), adapter_name=REF, is_trainable=False)
         model.add_adapter(VALUE, _lora(cfg))
@@ -132,30 +162,59 @@ class PolicyValue(nn.Module):
             self.model.set_adapter(prev)
             self._set_trainable()
 
+    def autocast(self):
+        """bf16 autocast for a forward where ``ppo.precision`` allows it, else nothing."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       with_entropy: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(token_t | prefix) for t >= 1, shape [B, L-1]; optionally the entropy at each position.
 
         ``temperature`` scales the logits as sampling did, so the probabilities are those of the policy
-        that produced the tokens (PPO's ratio and the KL are taken on that distribution).
+        that produced the tokens (PPO's ratio and the KL are taken on that distribution). ``mask``
+        ([B, L-1], e.g. ``Batch.mask``) picks the positions computed, by default every position whose
+        token is real (attention mask 1); the others are 0.
         """
-        from .losses import entropy_from_logits
-
-        with self.use(adapter):
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        logits = logits[:, :-1].float()
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        ent = entropy_from_logits(logits) if with_entropy else None
+        with self.use(adapter), self.autocast():
+            lm = self.model.get_base_model()
+            hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            sel = (mask if mask is not None else attention_mask[:, 1:]).bool()
+            h, target = hidden[:, :-1][sel], input_ids[:, 1:][sel]
+            chunk = max(1, _LOGIT_CHUNK // lm.config.vocab_size)
+            recompute = torch.is_grad_enabled() and h.requires_grad and len(h) > chunk
+            parts = []
+            for s in range(0, len(h), chunk):
+                args = (lm.lm_head, h[s:s + chunk], target[s:s + chunk], temperature, with_entropy)
+                parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if recompute
+                             else _head_logprobs(*args))
+        logp = torch.zeros(sel.shape, dtype=torch.float32, device=input_ids.device)
+        logp = logp.masked_scatter(sel, torch.cat([p[0] for p in parts])) if parts else logp
+        ent = None
+        if with_entropy:
+            ent = torch.zeros(sel.shape, dtype=torch.float32, device=input_ids.device)
+            ent = ent.masked_scatter(sel, torch.cat([p[1] for p in parts])) if parts else ent
         return logp, ent
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """V(prefix) at the state before each token t >= 1, shape [B, L-1]."""
-        with self.use(VALUE):
+        with self.use(VALUE), self.autocast():
             inner = self.model.get_base_model().model  # the decoder without the LM head
             hidden = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden[:, :-1].float()).squeeze(-1)
+
+
+def _head_logprobs(head: nn.Module, h: torch.Tensor, target: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and the entropy for hidden states ``h`` [N, H]: the LM head, then fp32 arithmetic."""
+    logits = head(h).float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, target[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, logp.new_zeros(())
+    return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def save_policy_adapter(pv: PolicyValue, out_dir: Path) -> None:

@@ -54,9 +54,9 @@ class Advantages:
     """What ``PPOTrainer.advantages`` computed: the forward pass of the batch and the advantages from it."""
 
     kind: str  # "gae" | "group"
-    old: dict[str, torch.Tensor]  # "logp" (sampling policy), "ref" (reference), "values": [B, L-1]
+    old: dict[str, torch.Tensor]  # "logp" (sampling policy), "ref" (reference), "values" (gae only): [B, L-1]
     adv: torch.Tensor  # [B, L-1], 0 on padding
-    ret: torch.Tensor  # [B, L-1] value targets (gae); the old values (group: no critic)
+    ret: torch.Tensor  # [B, L-1] value targets (gae); zeros (group: no critic)
     kl_tok: torch.Tensor  # [B, L-1] per-token k1 KL to the reference, 0 on padding
     token_rewards: torch.Tensor | None  # [B, L-1] KL penalty + final reward (gae), None for group
 
@@ -114,7 +114,9 @@ def sequence_table(tokenizer, rollout: Rollout, advantages: dict[str, Advantages
     first = next(iter(advantages.values()))
     out = {"token": tokenizer.convert_ids_to_tokens(ids),
            "logp": first.old["logp"][i][m].tolist(), "ref_logp": first.old["ref"][i][m].tolist(),
-           "kl_k1": first.kl_tok[i][m].tolist(), "value": first.old["values"][i][m].tolist()}
+           "kl_k1": first.kl_tok[i][m].tolist()}
+    if "values" in first.old:  # the critic's, computed for gae
+        out["value"] = first.old["values"][i][m].tolist()
     for name, a in advantages.items():
         if a.token_rewards is not None:
             out[f"token_reward ({name})"] = a.token_rewards[i][m].tolist()

@@ -83,6 +83,24 @@ class Batch:
     group: torch.Tensor  # prompt index of each sequence
 
 
+def minibatch(b: Batch, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, mask, width) of some rows of ``b``, cut to their longest sequence.
+
+    The batch is padded to the longest of all its sequences; a minibatch of shorter ones would
+    compute that padding for nothing. Sequences are right-padded, so dropping the columns after the
+    minibatch's last real token changes no result. Tensors over positions (``mask``, log-probs,
+    advantages) are cut with ``[:, :width - 1]``.
+    """
+    att = b.attention_mask[idx]
+    width = max(2, int(att.sum(1).max()))
+    return b.input_ids[idx][:, :width], att[:, :width], b.mask[idx][:, :width - 1], width
+
+
+def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-pad the last dimension of ``x`` with zeros to ``length``."""
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
 def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
     L = max(len(s) for s in seqs)
@@ -243,6 +261,7 @@ class PPOTrainer:
         self.best_dev = -1.0
         self.history: list[dict[str, Any]] = []
         self.last_dev_styles: list[str] = []
+        self._engine = None  # the rollout engine, made by the first sample()
 
     # -- one iteration ----------------------------------------------------------
     def _pick_prompts(self, it: int) -> tuple[list[dict], list[int]]:
@@ -255,16 +274,21 @@ class PPOTrainer:
             rows.append(self.train_rows[int(idx[rng.integers(len(idx))])])
         return rows, list(arm_ids)
 
-    def _forward_all(self, b: Batch) -> dict[str, torch.Tensor]:
-        """Old log-probs, reference log-probs and values, in minibatches, without gradients."""
-        outs: dict[str, list[torch.Tensor]] = {"logp": [], "ref": [], "values": []}
-        mb = self.p.minibatch_size
+    def _forward_all(self, b: Batch, roles: tuple[str, ...] = ("logp", "ref", "values")) -> dict[str, torch.Tensor]:
+        """Old log-probs (``logp``), reference log-probs (``ref``) and/or ``values``, in minibatches,
+        without gradients; [B, L-1] each, 0 after a sequence's end."""
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in roles}
+        mb, full = self.p.minibatch_size, b.input_ids.shape[1] - 1
         with torch.no_grad():
             for s in range(0, len(b.input_ids), mb):
-                ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
-                outs["logp"].append(self.pv.token_logprobs(POLICY, ids, att, temperature=self.p.temperature)[0])
-                outs["ref"].append(self.pv.token_logprobs(REF, ids, att, temperature=self.p.temperature)[0])
-                outs["values"].append(self.pv.values(ids, att))
+                ids, att, m, _ = minibatch(b, slice(s, s + mb))
+                for role in roles:
+                    if role == "values":
+                        x = self.pv.values(ids, att) * m
+                    else:
+                        x = self.pv.token_logprobs(POLICY if role == "logp" else REF, ids, att, mask=m,
+                                                   temperature=self.p.temperature)[0]
+                    outs[role].append(_pad_to(x, full))
         return {k: torch.cat(v) for k, v in outs.items()}
 
     # the steps of one iteration, public so 05 can run them one at a time
@@ -297,8 +321,26 @@ class PPOTrainer:
             res = generate(model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style) for r in rows],
                            n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
                            batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
-                           progress=False, backend=self.cfg.rollouts.backend)
+                           progress=False, backend=self.cfg.rollouts.backend, engine=self._sampler(model))
+        self._release_sampler()
         return Rollout(it, rows, arm_ids, res, make_batch(res.samples, self.tok.pad_token_id, self.device))
+
+    def _sampler(self, model):
+        """The rollout engine, made once and kept: its checks, KV cache and CUDA graphs are reused by every
+        iteration (the adapters are updated in place, so the graphs stay valid). None: HF generate."""
+        from .. import engine
+
+        if self._engine is None and self.cfg.rollouts.backend == "engine" and engine.supports(model):
+            self._engine = engine.Engine(model)
+        return self._engine
+
+    def _release_sampler(self) -> None:
+        """Free the engine's KV cache when it would crowd the update (over a tenth of the GPU's memory)."""
+        eng = self._engine
+        if eng is None or self.device.type != "cuda" or eng.cache_bytes == 0:
+            return
+        if eng.cache_bytes > 0.1 * torch.cuda.get_device_properties(self.device).total_memory:
+            eng.release()
 
     def score(self, rollout: Rollout) -> Scored:
         """Step 3: Regime W scores every sample and weighs the components into one reward."""
@@ -318,7 +360,11 @@ class PPOTrainer:
         if kind not in ("gae", "group"):
             raise ValueError(f"advantage kind must be 'gae' or 'group', got {kind!r}")
         b = rollout.batch
-        old = old if old is not None else self._forward_all(b)
+        # the values are the critic's: gae needs them, group has no critic and skips that forward
+        if old is None:
+            old = self._forward_all(b, ("logp", "ref", "values") if kind == "gae" else ("logp", "ref"))
+        elif kind == "gae" and "values" not in old:
+            old = {**old, **self._forward_all(b, ("values",))}
         m = b.mask
         kl_tok = kl_k1(old["logp"], old["ref"]) * m
         r = scored.rewards.to(self.device)
@@ -330,7 +376,7 @@ class PPOTrainer:
         else:
             seq_adv = group_advantages(r, b.group)
             adv = seq_adv[:, None] * m
-            ret = old["values"] * m  # no critic in the loss; kept for the log
+            ret = torch.zeros_like(adv)  # no critic, nothing to learn
         return Advantages(kind, old, adv, ret, kl_tok, tr)
 
     def update(self, rollout: Rollout, adv: Advantages) -> dict[str, float]:
@@ -352,15 +398,11 @@ class PPOTrainer:
         """Ratio, clipped objective, KL and value loss of the current policy on the whole batch, without
         stepping (``ppo.losses.ppo_diagnostics``): before ``update`` the ratio is 1, after it is not."""
         b = rollout.batch
-        logp, values = [], []
-        mb = self.p.minibatch_size
-        with torch.no_grad():
-            for s in range(0, len(b.input_ids), mb):
-                ids, att = b.input_ids[s:s + mb], b.attention_mask[s:s + mb]
-                logp.append(self.pv.token_logprobs(POLICY, ids, att, temperature=self.p.temperature)[0])
-                values.append(self.pv.values(ids, att))
-        return ppo_diagnostics(torch.cat(logp), adv.old["logp"], adv.old["ref"], adv.adv, b.mask, self.p.clip_range,
-                               torch.cat(values), adv.old["values"], adv.ret, self.p.value_clip)
+        critic = adv.kind == "gae"
+        now = self._forward_all(b, ("logp", "values") if critic else ("logp",))
+        return ppo_diagnostics(now["logp"], adv.old["logp"], adv.old["ref"], adv.adv, b.mask, self.p.clip_range,
+                               now.get("values"), adv.old.get("values") if critic else None, adv.ret,
+                               self.p.value_clip)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything an iteration changes (weights, optimisers, schedules, bandit, RNGs), in memory,
@@ -447,8 +489,9 @@ class PPOTrainer:
     def _update(self, b: Batch, old: dict[str, torch.Tensor], adv: torch.Tensor, ret: torch.Tensor) -> dict[str, float]:
         p, n = self.p, len(b.input_ids)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.iteration)
-        agg: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [],
-                                       "approx_kl": []}
+        # detached tensors, read once at the end: a .item() per minibatch would wait for the GPU each time
+        agg: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [],
+                                              "approx_kl": []}
         # train mode switches gradient checkpointing on; LoRA dropout is 0 and Llama has none, so the
         # numbers are those of eval mode
         self.pv.model.train()
@@ -456,30 +499,33 @@ class PPOTrainer:
             perm = torch.randperm(n, generator=g)
             for s in range(0, n, p.minibatch_size):
                 idx = perm[s:s + p.minibatch_size].to(self.device)
-                ids, att, m = b.input_ids[idx], b.attention_mask[idx], b.mask[idx]
-                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True,
-                                                 temperature=self.p.temperature)
-                pl, clipfrac = policy_loss(logp, old["logp"][idx], adv[idx], m, p.clip_range)
+                ids, att, m, width = minibatch(b, idx)
+                cut = lambda x: x[idx][:, :width - 1]  # noqa: E731 - the minibatch's rows and columns
+                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True, mask=m,
+                                                   temperature=self.p.temperature)
+                old_logp = cut(old["logp"])
+                pl, clipfrac = policy_loss(logp, old_logp, cut(adv), m, p.clip_range)
                 loss = pl - p.ent_coef * masked_mean(ent, m)
                 if p.advantage == "group" and p.kl_coef > 0:
-                    loss = loss + p.kl_coef * masked_mean(kl_k3(logp, old["ref"][idx]), m)
+                    loss = loss + p.kl_coef * masked_mean(kl_k3(logp, cut(old["ref"])), m)
                 self.opt_pi.zero_grad(set_to_none=True)
                 loss.backward()
                 self._step(self.opt_pi, self.sched_pi, self.policy_params)
-                agg["policy_loss"].append(pl.item())
-                agg["clipfrac"].append(clipfrac.item())
-                agg["entropy"].append(masked_mean(ent, m).item())
-                agg["approx_kl"].append(masked_mean(0.5 * (logp - old["logp"][idx]) ** 2, m).item())
+                with torch.no_grad():
+                    agg["policy_loss"].append(pl.detach())
+                    agg["clipfrac"].append(clipfrac.detach())
+                    agg["entropy"].append(masked_mean(ent, m))
+                    agg["approx_kl"].append(masked_mean(0.5 * (logp - old_logp) ** 2, m))
                 if p.advantage == "gae":
                     with self.pv.use(VALUE):  # backward inside: checkpointing re-runs the value forward
                         v = self.pv.values(ids, att)
-                        vl = value_loss(v, old["values"][idx], ret[idx], m, p.value_clip)
+                        vl = value_loss(v, cut(old["values"]), cut(ret), m, p.value_clip)
                         self.opt_v.zero_grad(set_to_none=True)
                         vl.backward()
                     self._step(self.opt_v, self.sched_v, self.value_params)
-                    agg["value_loss"].append(vl.item())
+                    agg["value_loss"].append(vl.detach())
         self.pv.model.eval()
-        out = {k: float(np.mean(v)) if v else 0.0 for k, v in agg.items()}
+        out = {k: float(torch.stack(v).float().mean()) if v else 0.0 for k, v in agg.items()}
         out["explained_variance"] = explained_variance(old["values"], ret, b.mask) if p.advantage == "gae" else float("nan")
         return out
 
