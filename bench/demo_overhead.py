@@ -1,0 +1,183 @@
+"""Where the small model's time goes in `demo`: one PPO iteration and one SFT step, variant by variant.
+
+Runs on a project folder that a `demo` pipeline has filled (data splits, the
+scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
+
+    PYTHONUNBUFFERED=1 python bench/demo_overhead.py --root /tmp/demo/root --out $OUT/overhead.json \
+        [--old-code .old]   # a copy of an earlier looper_utils to time as the baseline
+
+- ``ppo``: ``PPOTrainer.iterate`` three times from the SFT checkpoint (the
+  first warms the engine up), timed per phase (generate, score, forward,
+  update), for each ``ppo.precision`` and for the older code if given. Each
+  variant runs in its own process so no memory or compiled state carries over.
+- ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
+  last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
+  and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
+
+CPU (proves the script end to end on a smoke project)::
+
+    python bench/demo_overhead.py --root <smoke project root> --profile smoke --steps 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def ppo_variant(args) -> dict:
+    """One PPO variant in this process: 3 iterations of ``iterate``, the phase times of each."""
+    import torch
+
+    from looper_utils import config, data, ppo
+
+    over = {"iterations": 3, "eval_every": 0, "resume": False}
+    if args.precision:
+        over["precision"] = args.precision
+    cfg = config.build(args.profile, root=args.root, run_id=args.run_id, stage="ppo", **over)
+    files = data.data_files(cfg.data_dir)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        tr = ppo.PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]), out_dir=Path(out),
+                            progress=False)
+        load = time.perf_counter() - t0
+        its = []
+        for it in range(3):
+            t = time.perf_counter()
+            m = tr.iterate(it)
+            tr.iteration += 1
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            its.append({"seconds": round(time.perf_counter() - t, 3),
+                        **{k: round(m[k], 3) for k in ("t_generate", "t_score", "t_forward", "t_update")},
+                        "response_length": round(m["response_length"], 1), "reward": round(m["reward"], 3)})
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak}
+
+
+def run_ppo(args, results: dict) -> None:
+    variants = [("new-auto", "auto", None), ("new-fp32", "fp32", None)]
+    if args.old_code:
+        variants.append(("old", None, str(Path(args.old_code).resolve())))
+    for name, precision, code in variants:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [code or str(ROOT), os.environ.get("PYTHONPATH")])))
+        cmd = [sys.executable, __file__, "--root", args.root, "--profile", args.profile, "--run-id", args.run_id,
+               "--only-ppo-variant"] + (["--precision", precision] if precision else [])
+        log(f"ppo {name}")
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        results["ppo"][name] = json.loads(line[-1]) if p.returncode == 0 and line else {"error": p.stderr[-2000:]}
+        log(json.dumps(results["ppo"][name]))
+
+
+def run_sft(args, results: dict) -> None:
+    import torch
+    from transformers import Trainer, TrainerCallback
+    from trl import SFTTrainer
+
+    from looper_utils import config, data, modeling, sft
+
+    cfg = config.build(args.profile, root=args.root, run_id=args.run_id, stage="sft", max_steps=args.steps,
+                       logging_steps=10_000, save_steps=10_000)
+    device = modeling.resolve_device(cfg.device)
+    rows = data.read_jsonl(data.data_files(cfg.data_dir)["train"])
+    tok = modeling.load_checkpoint(modeling.base_dir(cfg), device)[1]
+    dataset, _ = sft.build_dataset(rows, tok, cfg.model.prompt_style, cfg.sft.max_length)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t = []
+
+        def on_step_end(self, a, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t.append(time.perf_counter())
+
+    class PlainLoss(SFTTrainer):
+        """The causal-LM loss of transformers' Trainer: no per-step entropy/accuracy metrics (no host syncs)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    def one(name, trainer_cls, workers, profile=False):
+        model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
+        model.train()
+        with tempfile.TemporaryDirectory() as work:
+            a = sft.make_sft_config(cfg, Path(work), device, progress=False)
+            a.dataloader_num_workers = workers
+            a.dataloader_persistent_workers = workers > 0
+            clock = Clock()
+            tr = trainer_cls(model=model, args=a, train_dataset=dataset, processing_class=tok, callbacks=[clock])
+            if profile:
+                from torch.profiler import ProfilerActivity, profile as prof
+
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                with prof(activities=acts) as p:
+                    tr.train()
+                key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+                table = p.key_averages().table(sort_by=key, row_limit=25)
+                (Path(args.out).parent / "sft_profile.txt").write_text(table)
+                print(table[:6000])
+            else:
+                tr.train()
+        steps = clock.t[10:]
+        ms = 1000 * (steps[-1] - steps[0]) / max(1, len(steps) - 1)
+        results["sft"][name] = {"ms_per_step": round(ms, 1), "steps_timed": len(steps) - 1,
+                                "batch_size": cfg.sft.batch_size}
+        log(f"sft {name}: {ms:.1f} ms/step")
+
+    one("trl", SFTTrainer, 0)
+    one("trl+workers", SFTTrainer, 4)
+    one("plain-loss", PlainLoss, 0)
+    one("plain-loss+workers", PlainLoss, 4)
+    if args.profile_sft:
+        cfg = cfg.override(stage="sft", max_steps=12)
+        one("trl-profiled", SFTTrainer, 0, profile=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--run-id", default="demo")
+    ap.add_argument("--out", default="overhead.json")
+    ap.add_argument("--old-code", default="", help="a folder holding an older looper_utils, timed as the baseline")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--what", default="ppo,sft")
+    ap.add_argument("--profile-sft", action="store_true")
+    ap.add_argument("--precision", default="")
+    ap.add_argument("--only-ppo-variant", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.only_ppo_variant:
+        print(json.dumps(ppo_variant(args)))
+        return 0
+    import torch
+
+    results = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               "torch": torch.__version__, "ppo": {}, "sft": {}}
+    for what in args.what.split(","):
+        try:
+            {"ppo": run_ppo, "sft": run_sft}[what](args, results)
+        except Exception as exc:  # keep what the other part measured
+            import traceback
+
+            traceback.print_exc()
+            results[f"{what}_error"] = repr(exc)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
