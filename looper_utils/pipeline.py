@@ -333,7 +333,7 @@ def _run_stages(profile: str, have: list[str], run_id: str, seed: int, root: Pat
     atomic_write_json(record_path, record)
     report = run_dir / "report.html"
     if report.is_file():  # 06 built it before its own wall time was known: rebuild with every stage's time
-        from .report import build_report
+        from .report.card import build_report
 
         build_report(run_dir)
     log(f"done in {record['seconds_total']:.0f}s. Outputs: {run_dir}"

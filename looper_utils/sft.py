@@ -55,7 +55,8 @@ from .answers import grade
 from .artifacts import atomic_write_json, explain_disk_full, make_shareable, progress_line, read_json
 from .data import rows_digest
 from .generation import GenerationResult, generate
-from .modeling import apply_lora, count_params, quiet_progress, resolve_device, save_checkpoint, sft_dir
+from .modeling import count_params, quiet_progress, resolve_device, save_checkpoint, sft_dir
+from .pretrained import apply_lora
 from .prompts import build_prompt, completion_starts_in_think, encode_completion, encode_prompt, sft_example
 
 __all__ = ["SFTResult", "build_dataset", "select_train_rows", "make_sft_config", "train_sft", "trainer_dir",
