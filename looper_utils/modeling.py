@@ -36,7 +36,8 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from . import config as config_mod
-from .artifacts import atomic_dir, atomic_write_json, overwrite_notice, read_json
+from .artifacts import atomic_dir, atomic_write_json, read_json
+from .progress import overwrite_notice
 from .prompts import THINK_CLOSE, THINK_OPEN, prompt_wording
 
 __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE", "ModelLoadError",
