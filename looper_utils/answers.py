@@ -32,38 +32,22 @@ grades raw model samples, so no input may make the grader hang or raise.
   two could), and ``\boxed{...}`` is matched in one pass over the braces.
 - Math-Verify only sees the content of the last ``\boxed{}`` when the
   plain-number reader cannot read it and that content is short plain
-  arithmetic: at most ``_MV_MAX_CHARS`` = 64 characters of digits,
-  ``+ - * / ^ ( ) { }``, ``\frac``, ``\sqrt``, ``\times``, ``\cdot``, ``\div``,
-  ``\left( \right)`` and spacing, nested at most ``_MV_MAX_DEPTH`` = 4 deep,
-  with at most one power, whose exponent is a literal integer up to 64 (so
-  ``9^{9^{9^{9}}}`` is never evaluated). Anything else (``\lor``, ``\vee``,
-  ``\cup``, ``\max``, sets ``\{...\}``, commas other than ``1{,}000``,
-  ``\quad``, ``\\``, letters, numbers side by side) can stand for several
-  values, or for none, and has no answer.
-- Math-Verify runs with its own ``parsing_timeout`` of ``TIME_BUDGET_S`` = 1
-  second (its timeout is a ``SIGALRM``, whole seconds, main thread only: in
-  other threads it runs without one, bounded by the checks above), and is
-  skipped when the call has already spent its budget. An alarm set by the
-  caller (pytest-timeout, a notebook's own) is re-armed afterwards.
+  arithmetic, and it runs within a time budget of ``TIME_BUDGET_S`` = 1
+  second per call: ``math_verify_guard`` holds those guards.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
-import signal
-import threading
 import time
 from fractions import Fraction
+
+from .math_verify_guard import TIME_BUDGET_S, math_verify_value, plain_arithmetic
 
 __all__ = ["answer_region", "extract_answer", "normalize_number", "numbers_equal", "is_correct", "format_ok",
            "grade", "final_answer_candidates", "MAX_ANSWER_CHARS", "TIME_BUDGET_S"]
 
 MAX_ANSWER_CHARS = 10_000  # only this many characters at the end of the answer region are read
-TIME_BUDGET_S = 1  # seconds per call: Math-Verify's parsing_timeout, and no Math-Verify once spent
-_MV_MAX_CHARS = 64  # longer \boxed{} contents are not handed to Math-Verify
-_MV_MAX_DEPTH = 4  # nor are contents nested deeper than this ({ and ( together)
-_MAX_EXPONENT = 64  # nor powers other than one literal integer exponent up to this (as regime_w.safe_eval)
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 # the rest of the line after '####', trailing blanks removed by final_answer_candidates
@@ -84,16 +68,6 @@ _LEAD_WORDS = re.compile(r"^(?:[A-Za-z][A-Za-z ]*?\s(?:is|=|of|was|are)\s+|[=:~â
 _BLANK = re.compile(r"\s")
 # a fraction standing alone: not the "1/2" of a mixed number "2\frac{1}{2}" (left to Math-Verify)
 _SIMPLE_FRAC = re.compile(r"(?<![\d.])\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}(?![\d.])")
-# what Math-Verify may see: plain arithmetic LaTeX, one token at a time
-_MV_VOCABULARY = re.compile(r"(?:(?<=\d)\{,\}(?=\d)|[\d.+\-*/()^{} \t]"
-                            r"|\\(?:[dtc]?frac|sqrt|times|cdot|div|left(?=\()|right(?=\))|circ)(?![A-Za-z])"
-                            r"|\\[,!;: ])*+")
-# ... and not: numbers side by side ("5 7", "5 . 7", "5\quad 7" is refused above), a number with two points
-# ("1..2"), an empty group, a dangling operator (checked with LaTeX spacing commands read as blanks)
-_MV_MALFORMED = re.compile(r"[\d.]\s++[\d.]|\.\d*+\.|[{(]\s*+[})]"
-                           r"|(?:[-+*/^]|\\(?:times|cdot|div|frac|dfrac|tfrac|cfrac|sqrt|left|right))\s*+$")
-_TEX_SPACING = re.compile(r"\\[,!;: ]")
-_MV_POWER = re.compile(r"\^(?:\{\s*+(-?\d{1,2})\s*+\}|(\d)(?![\d.])|\{?\s*+\\circ\s*+\}?)")
 
 
 def answer_region(text: str, think: bool = False) -> str | None:
@@ -214,72 +188,10 @@ def _latex_number(s: str, deadline: float) -> str | None:
     if got is not None:
         return got
     t = s.replace("\\$", "").replace("\\%", "").replace("$", "").replace("%", "").strip()
-    if not _plain_arithmetic(t):
+    if not plain_arithmetic(t):
         return None  # several values, unknown LaTeX, or too big to evaluate: no answer
-    return _math_verify_number(t, deadline)
-
-
-def _plain_arithmetic(s: str) -> bool:
-    r"""Whether ``s`` is short, single-valued arithmetic LaTeX that Math-Verify may evaluate.
-
-    >>> [_plain_arithmetic(s) for s in (r"2\frac{1}{2}", r"\sqrt{49}", r"2^{10}", r"3 \times 4")]
-    [True, True, True, True]
-    >>> [_plain_arithmetic(s) for s in (r"5 \lor 7", r"\{5, 7\}", r"\max(5, 7)", "5 . 7", r"9^{9^{9}}", "2^{99}")]
-    [False, False, False, False, False, False]
-    """
-    if not s or len(s) > _MV_MAX_CHARS or not _MV_VOCABULARY.fullmatch(s) \
-            or _MV_MALFORMED.search(_TEX_SPACING.sub(" ", s)):
-        return False
-    depth = 0
-    for ch in s:
-        if ch in "{(":
-            depth += 1
-            if depth > _MV_MAX_DEPTH:
-                return False
-        elif ch in "})":
-            depth -= 1
-            if depth < 0:
-                return False
-    if depth:
-        return False
-    powers = list(_MV_POWER.finditer(s))
-    if len(powers) != s.count("^"):
-        return False  # a power whose exponent is not a literal: 9^{9^9}, 2^{x}
-    exponents = [int(m.group(1) or m.group(2)) for m in powers if m.group(1) or m.group(2)]
-    return len(exponents) <= 1 and all(abs(e) <= _MAX_EXPONENT for e in exponents)
-
-
-def _math_verify_number(s: str, deadline: float) -> str | None:
-    """Math-Verify's reading of ``s`` as one finite number, within the call's time budget."""
-    try:  # Math-Verify reads the LaTeX we do not; only a single plain number is accepted
-        from math_verify import parse
-        from math_verify.errors import TimeoutException
-    except ImportError:
-        return None
-    if time.perf_counter() >= deadline:
-        return None
-    # its timeout is a SIGALRM: only in the main thread, in whole seconds; elsewhere s is bounded by
-    # _plain_arithmetic (short, shallow, no large powers) and runs in about a millisecond
-    main = os.name == "posix" and threading.current_thread() is threading.main_thread()
-    outer = signal.getitimer(signal.ITIMER_REAL) if main else (0.0, 0.0)
-    t0 = time.perf_counter()
-    try:
-        parsed = parse("$" + s + "$", parsing_timeout=max(1, math.ceil(TIME_BUDGET_S)) if main else None)
-    except (Exception, TimeoutException):  # noqa: BLE001 - any parse failure or timeout means "no number"
-        return None
-    finally:
-        if outer[0] > 0:  # Math-Verify cancels any pending alarm: re-arm the caller's
-            signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.perf_counter() - t0), 1e-3), outer[1])
-    for p in parsed:
-        if isinstance(p, str):
-            continue  # the raw text Math-Verify falls back to, not a reading
-        try:
-            value = float(p)
-            if math.isfinite(value):
-                return _canonical(Fraction(str(value)).limit_denominator(10**9))
-        except (TypeError, ValueError, ArithmeticError):
-            continue
-    return None
+    value = math_verify_value(t, deadline)
+    return None if value is None else _canonical(value)
 
 
 def final_answer_candidates(text: str) -> list[str]:

@@ -8,8 +8,13 @@ rerun) would trust it. A stage that needs another's output calls
 Outputs are meant to be shared with the group: files get the permissions the
 umask gives a new file, also where a library writes them 0600
 (``make_shareable``). Run ids are plain folder names (``check_run_id``), a
-full disk is reported as such (``explain_disk_full``), and one run at a time
-uses a project folder (``project_lock``).
+full disk is reported as such (``explain_disk_full``).
+
+Two neighbours hold the rest of what a run leaves behind: ``progress`` (the
+lines a run prints: progress lines, overwrite notices; ``Timer``) and
+``lock`` (one run at a time in a project folder, ``project_lock``). Their
+public names are re-exported here, the one import the notebooks use for run
+files.
 """
 from __future__ import annotations
 
@@ -20,15 +25,20 @@ import math
 import os
 import re
 import shutil
-import socket
 import stat
 import tempfile
-import time
-import uuid
-import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from .lock import LOCK_FILE, ProjectBusyError, project_lock
+from .progress import PROGRESS_MARK, Timer, overwrite_notice, progress_line
+
+__all__ = ["STAGES", "MissingInputError", "make_shareable", "atomic_write_bytes", "atomic_dir", "atomic_write_text",
+           "atomic_write_json", "read_json", "check_manifest", "check_run_id", "run_paths", "save_metrics",
+           "load_metrics", "require", "iter_jsonl_lines", "DiskFullError", "explain_disk_full",
+           # re-exported from lock and progress
+           "LOCK_FILE", "ProjectBusyError", "project_lock", "PROGRESS_MARK", "Timer", "overwrite_notice",
+           "progress_line"]
 
 STAGES = ("01_data", "02_sft", "03_rollouts", "04_regime_w", "05_ppo", "06_eval")
 
@@ -215,91 +225,6 @@ def require(path: Path, notebook: str) -> Path:
     return path
 
 
-PROGRESS_MARK = "» "  # lines that start with it are streamed by the pipeline as they are printed
-
-
-def progress_line(what: str, done: int, total: int, started: float, note: str = "") -> str:
-    """One progress line: what, how far, time elapsed and an estimate of the time left.
-
-    ``started`` is a ``time.perf_counter()`` reading taken when the work began.
-
-    >>> import time
-    >>> line = progress_line("ppo iteration", 2, 8, time.perf_counter() - 10.0, "reward 0.81")
-    >>> line.startswith(PROGRESS_MARK + "ppo iteration 2/8: 10 s elapsed, about 30 s left"), line.endswith("reward 0.81")
-    (True, True)
-    """
-    import time
-
-    elapsed = time.perf_counter() - started
-    left = elapsed / done * (total - done) if done else float("nan")
-    eta = "" if left != left else f", about {left:.0f} s left"
-    return f"{PROGRESS_MARK}{what} {done}/{total}: {elapsed:.0f} s elapsed{eta}" + (f" · {note}" if note else "")
-
-
-_NOT_SETTINGS = {"run_id", "root", "device"}
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: list(d) if isinstance(d, tuple) else d}  # a saved JSON config holds lists
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else _flat(v, f"{prefix}{k}"))
-    return out
-
-
-def overwrite_notice(what: str, old: dict[str, Any] | None, new: dict[str, Any], limit: int = 8) -> str | None:
-    """The line a stage prints before it replaces outputs another run wrote: which run, and what changes.
-
-    ``old`` and ``new`` hold ``run_id``, ``profile`` and any settings (nested
-    dicts are compared leaf by leaf; run id, root and device are not settings).
-    ``None`` when there is nothing to replace or the same run rewrites its own
-    outputs with the same settings.
-
-    >>> old = {"run_id": "a", "profile": "smoke", "data": {"teacher": "worked:1", "n_train": 4000}}
-    >>> new = {"run_id": "b", "profile": "smoke", "data": {"teacher": "worked:0.4,terse:0.6", "n_train": 4000}}
-    >>> print(overwrite_notice("checkpoints/sft", old, new).removeprefix(PROGRESS_MARK))
-    checkpoints/sft was written by run a (smoke); run b replaces it. What changes: data.teacher worked:1 -> worked:0.4,terse:0.6
-    >>> overwrite_notice("checkpoints/sft", old, dict(old)) is None
-    True
-    """
-    if not old:
-        return None
-    a = {k: v for k, v in _flat(old).items() if k.split(".")[0] not in _NOT_SETTINGS}
-    b = {k: v for k, v in _flat(new).items() if k.split(".")[0] not in _NOT_SETTINGS}
-    changes = [f"{k} {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
-               if a.get(k) != b.get(k)]
-    if old.get("run_id") == new.get("run_id") and not changes:
-        return None
-    what_changes = ("What changes: " + ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more"
-                                                                    if len(changes) > limit else "")
-                    if changes else "Same settings")
-    return (f"{PROGRESS_MARK}{what} was written by run {old.get('run_id', '?')} ({old.get('profile', '?')}); "
-            f"run {new.get('run_id', '?')} replaces it. {what_changes}")
-
-
-class Timer:
-    """Wall-clock sections: ``with t.section('generate'): ...``; ``t.totals``."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-
-    def section(self, name: str) -> "_Section":
-        return _Section(self, name)
-
-
-class _Section:
-    def __init__(self, timer: Timer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> "_Section":
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.timer.totals[self.name] = self.timer.totals.get(self.name, 0.0) + time.perf_counter() - self.t0
-
-
 def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -364,113 +289,3 @@ def explain_disk_full(path: Path, what: str) -> Iterator[None]:
                             "larger disk, then rerun")
         err.errno = errno.ENOSPC
         raise err from exc
-
-
-# ---- one run at a time in a project folder -------------------------------------
-
-LOCK_FILE = ".looper.lock"
-
-
-class ProjectBusyError(RuntimeError):
-    """Another run holds the project folder's lock; the message names it and the lock file."""
-
-
-def _process_start(pid: int) -> str | None:
-    """When the kernel started ``pid`` (Linux), so that a reused pid is not taken for the old run."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), counted after "(comm)"
-
-
-def _alive(pid: Any, start: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    now = _process_start(pid)
-    return start is None or now is None or now == start
-
-
-def _read_lock(path: Path) -> tuple[bytes, dict[str, Any] | None]:
-    raw = path.read_bytes()
-    try:
-        info = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return raw, None
-    return raw, info if isinstance(info, dict) else None
-
-
-def _remove_stale(path: Path, raw: bytes) -> None:
-    """Remove the lock if it still holds ``raw``; a lock another run took meanwhile stays."""
-    aside = path.with_name(f"{path.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if aside.read_bytes() != raw:
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)  # put the newer lock back, unless yet another one is there
-    aside.unlink()
-
-
-@contextlib.contextmanager
-def project_lock(root: Path, run_id: str, stale_after: float = 30.0) -> Iterator[Path]:
-    """Hold ``<root>/.looper.lock`` while a run uses the project folder.
-
-    Two runs in one folder would train into the same checkpoints and shards.
-    The lock file (created with ``O_EXCL``) holds the pid, host, run id and
-    start time; a second run stops with a message naming them. A lock whose
-    process is gone (same host) is taken over with a warning; one from
-    another host is left for a person to judge.
-    """
-    root = Path(root)
-    path = root / LOCK_FILE
-    host = socket.gethostname()
-    me = {"pid": os.getpid(), "host": host, "run_id": run_id,
-          "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-          "pid_start": _process_start(os.getpid()), "token": uuid.uuid4().hex}
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(me) + "\n")
-            break
-        try:
-            raw, info = _read_lock(path)
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            continue  # released meanwhile
-        if info is None:  # empty or cut short: being written right now, or left by a crash
-            if age < stale_after:
-                raise ProjectBusyError(f"{path} is being written by a run that is starting; wait for it, or "
-                                       f"remove {path} if no run is using {root}")
-            warnings.warn(f"{path}: unreadable lock left {age:.0f}s ago; taking it over", stacklevel=3)
-            _remove_stale(path, raw)
-            continue
-        other = (f"run {info.get('run_id')} (pid {info.get('pid')}"
-                 + (f" on {info.get('host')}" if info.get("host") != host else "") + ")")
-        if info.get("host") != host or _alive(info.get("pid"), info.get("pid_start")):
-            raise ProjectBusyError(f"{other} is using {root} since {info.get('started')}; wait for it or "
-                                   f"remove {path} if it is dead")
-        warnings.warn(f"{path}: {other} started {info.get('started')} is no longer running; taking over "
-                      "its stale lock", stacklevel=3)
-        _remove_stale(path, raw)
-    else:
-        raise ProjectBusyError(f"{path}: could not take the lock (other runs keep taking it); remove {path} "
-                               "if no run is using the folder")
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if (_read_lock(path)[1] or {}).get("token") == me["token"]:  # not a lock someone took over
-                path.unlink()

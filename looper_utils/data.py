@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .answers import normalize_number
-from .artifacts import atomic_write_json, atomic_write_text, explain_disk_full, overwrite_notice, read_json
+from .artifacts import atomic_write_json, atomic_write_text, explain_disk_full, read_json
+from .progress import overwrite_notice
 
 FIELDS = ("id", "question", "answer", "gold")
 SPLITS = ("train", "dev", "test", "platinum")

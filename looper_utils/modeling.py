@@ -34,7 +34,8 @@ from typing import Any, Iterator
 import torch
 
 from . import config as config_mod
-from .artifacts import atomic_dir, atomic_write_json, overwrite_notice, read_json
+from .artifacts import atomic_dir, atomic_write_json, read_json
+from .progress import overwrite_notice
 from .pretrained import ModelLoadError, apply_lora, choose_quantization, from_pretrained_kwargs, precision_for
 from .prompts import THINK_CLOSE, THINK_OPEN, prompt_wording
 from .scratch import (ASSISTANT, BOS, EOS, PAD, USER, build_scratch_model, build_tokenizer, chat_template,

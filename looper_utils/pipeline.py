@@ -28,8 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifacts import (PROGRESS_MARK, STAGES, ProjectBusyError, atomic_write_json, check_run_id, project_lock,
-                        read_json)
+from .artifacts import STAGES, atomic_write_json, check_run_id, read_json
+from .lock import ProjectBusyError, project_lock
+from .progress import PROGRESS_MARK
 from .config import MAX_SEED, PROFILES, find_project_root
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

@@ -51,7 +51,8 @@ import torch
 
 from .. import modeling, prompts
 from ..data import completion_style, style_shares
-from ..artifacts import Timer, atomic_dir, atomic_write_text, progress_line
+from ..artifacts import atomic_dir, atomic_write_text
+from ..progress import Timer, progress_line
 from ..config import Config
 from ..generation import generate
 from .losses import (explained_variance, gae, group_advantages, kl_k1, kl_k3, masked_mean, masked_whiten,
@@ -134,7 +135,7 @@ class Distributed:
     """What the loop needs of accelerate: rank, world size, gradient and metric averaging."""
 
     def __init__(self, cfg: Config) -> None:
-        from ..sft import check_report_to, tracking_dir
+        from ..sft_setup import check_report_to, tracking_dir
 
         self.acc = None
         log_with = None if check_report_to(cfg.ppo.report_to, "ppo.report_to") == "none" else cfg.ppo.report_to

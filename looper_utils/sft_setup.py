@@ -1,0 +1,106 @@
+"""What an SFT run trains on and with: the training rows, the tokenized dataset, TRL's ``SFTConfig``, the tracker.
+
+``make_sft_config`` is the one place where the stage config becomes the
+Trainer's arguments (batch, learning rate, schedule, saving, precision); tune
+SFT there. ``check_report_to`` and ``tracking_dir`` serve PPO's tracker too.
+
+One departure from handing TRL the text pairs: the examples are tokenized
+here with ``prompts.encode_prompt`` + ``prompts.encode_completion`` and passed
+as ``input_ids`` + ``completion_mask``. TRL would tokenize ``prompt`` and
+``prompt + completion`` with the tokenizer's automatic special tokens, which
+doubles the BOS that a chat template already writes and may merge tokens
+across the prompt/completion boundary; pre-tokenizing guarantees that SFT
+trains on exactly the ids that ``generation.generate`` later feeds and that
+PPO scores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import random
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import config as config_mod
+from .prompts import encode_completion, encode_prompt, sft_example
+
+__all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config"]
+
+# report_to value -> (the package it imports, how to install it)
+TRACKERS = {"none": (None, ""),
+            "tensorboard": ("tensorboard", "pip install -e '.[track]' (or pip install tensorboard)"),
+            "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
+
+
+def check_report_to(value: str, key: str = "sft.report_to") -> str:
+    """``value`` if it names a tracker this project supports and whose package is installed.
+
+    Checked before training starts: the Trainer and accelerate would fail
+    later, or silently log nowhere.
+
+    >>> check_report_to("none")
+    'none'
+    >>> check_report_to("mlflow", "ppo.report_to")
+    Traceback (most recent call last):
+    ...
+    ValueError: ppo.report_to='mlflow' is not a supported tracker; use one of none, tensorboard, wandb, trackio
+    """
+    if value not in TRACKERS:
+        raise ValueError(f"{key}={value!r} is not a supported tracker; use one of {', '.join(TRACKERS)}")
+    module, install = TRACKERS[value]
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ImportError(f"{key}={value!r} needs the {module} package, which is not installed: {install}; "
+                          f"or set {key}='none'")
+    return value
+
+
+def tracking_dir(cfg: config_mod.Config, stage: str) -> Path:
+    """The TensorBoard folder of a stage (``02_sft``, ``05_ppo``); ``tensorboard --logdir runs/<run_id>`` shows all."""
+    return cfg.run_dir / "tb" / stage
+
+
+def select_train_rows(rows: list[dict], n_train: int, seed: int) -> list[dict]:
+    """All rows (``n_train=0``) or a seeded sample of ``n_train``."""
+    if n_train <= 0 or n_train >= len(rows):
+        return list(rows)
+    return random.Random(f"sft:{seed}").sample(list(rows), n_train)
+
+
+def build_dataset(rows: list[dict], tokenizer, style: str, max_length: int):
+    """A ``datasets.Dataset`` of ``input_ids`` + ``completion_mask`` and the number of over-long rows."""
+    from datasets import Dataset
+
+    ids, masks, too_long = [], [], 0
+    for row in rows:
+        ex = sft_example(row, tokenizer, style)
+        p = encode_prompt(tokenizer, ex["prompt"])
+        c = encode_completion(tokenizer, ex["completion"])
+        too_long += len(p) + len(c) > max_length
+        ids.append(p + c)
+        masks.append([0] * len(p) + [1] * len(c))
+    return Dataset.from_dict({"input_ids": ids, "completion_mask": masks}), too_long
+
+
+def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.device, progress: bool = True):
+    """TRL ``SFTConfig`` from the stage config; CPU runs get fp32, no gradient checkpointing."""
+    from trl import SFTConfig
+
+    s = cfg.sft
+    cuda = device.type == "cuda"
+    # checkpointing trades compute for memory: worth it only for the 8B (LoRA/quantised) model on a GPU
+    checkpointing = cuda and (cfg.model.use_lora or cfg.model.quantization != "none")
+    with warnings.catch_warnings():  # newer transformers renamed the flag; the old name works on all 5.x
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        return SFTConfig(
+            output_dir=str(output_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
+            per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+            learning_rate=s.learning_rate, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
+            lr_scheduler_type=s.lr_scheduler, logging_steps=s.logging_steps, logging_first_step=True,
+            save_strategy="steps", save_steps=s.save_steps, save_total_limit=1,
+            max_length=s.max_length, packing=s.packing, completion_only_loss=True,
+            use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+            gradient_checkpointing=checkpointing, optim="adamw_torch_fused" if cuda else "adamw_torch",
+            dataloader_pin_memory=cuda, report_to=check_report_to(s.report_to), seed=cfg.seed,
+            data_seed=cfg.seed, disable_tqdm=not progress, run_name=f"{cfg.run_id}-02_sft", project="looper",
+        )
