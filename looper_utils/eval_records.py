@@ -24,9 +24,10 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from .answers import extract_answer, format_ok, normalize_number, numbers_equal
-from .data import COMPLETION_STYLES, completion_style, count_steps
+from .problem_rows import count_steps
 from .stats import (ERROR_CATEGORIES, accuracy_ci, error_breakdown, error_category, majority_vote,
                     paired_comparison, verdict_sentence, wilson_ci)
+from .teacher import COMPLETION_STYLES, completion_style
 
 __all__ = ["COLUMNS", "PPO_NAMES", "PAIRS", "grade_question", "grade_records", "summarize", "verdicts",
            "accuracy_frame", "paired_table", "outcome_counts"]

@@ -31,7 +31,8 @@ from typing import Any
 from .artifacts import STAGES, atomic_write_json, check_run_id, read_json
 from .lock import ProjectBusyError, project_lock
 from .progress import PROGRESS_MARK
-from .config import MAX_SEED, PROFILES, find_project_root
+from .config import find_project_root
+from .config_params import MAX_SEED, PROFILES
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1"}

@@ -29,9 +29,10 @@ import pandas as pd
 
 from .answers import extract_answer, normalize_number, numbers_equal
 from .artifacts import MissingInputError, check_manifest
-from .data import COMPLETION_STYLES, completion_style, count_steps
+from .problem_rows import count_steps
 from .shards import write_missing
 from .stats import maj_at_k, pass_at_k
+from .teacher import COMPLETION_STYLES, completion_style
 
 COLUMNS = ["prompt_id", "sample_idx", "question", "answer", "gold", "steps", "completion", "n_tokens",
            "finish_reason", "extracted", "extracted_strict", "correct", "correct_strict", "style"]

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from looper_utils import config, data, modeling, prompts
+from looper_utils import answers, config, data, modeling, prompts
 from looper_utils.regime_w.safe_eval import try_eval
 
 
@@ -70,7 +70,7 @@ def test_slip_changes_one_step_and_the_rest_follows(rows):
         assert 1 <= abs(claimed - try_eval(steps[wrong[0]][0])) <= 2
         for (expr, _), (_, prev) in zip(steps[wrong[0] + 1:], steps[wrong[0]:]):
             assert expr.startswith(prev), (expr, prev)  # later steps start from the slipped result
-        assert data.gold_from_answer(slip) == data.normalize_number(steps[-1][1]) != r["gold"]
+        assert data.gold_from_answer(slip) == answers.normalize_number(steps[-1][1]) != r["gold"]
         n_checked += 1
     assert n_checked == len(rows)
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .. import modeling, prompts
-from ..data import completion_style, style_shares
+from ..teacher import completion_style, style_shares
 from ..artifacts import atomic_dir, atomic_write_text
 from ..progress import Timer, progress_line
 from ..config import Config

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import count_steps
+from ..problem_rows import count_steps
 
 __all__ = ["Arm", "difficulty_arms", "arms_from_pass_rate", "build_arms", "arm_of"]
 
