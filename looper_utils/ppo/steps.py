@@ -3,7 +3,8 @@
 ``PPOTrainer.iterate`` is ``sample`` -> ``Rollout``, ``score`` -> ``Scored``,
 ``advantages`` -> ``Advantages``, ``update``, ``update_bandit``; 05 calls the
 steps one at a time and shows these objects with ``samples_table`` and
-``sequence_table``.
+``sequence_table``. A ``Rollout`` carries its sequences as one padded ``Batch``
+(``make_batch``), which the forwards and the update read in ``minibatch`` slices.
 """
 from __future__ import annotations
 
@@ -18,9 +19,46 @@ from ..config import Config
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .trainer import Batch
+__all__ = ["Batch", "make_batch", "minibatch", "Rollout", "Scored", "Advantages", "optimizer_steps", "lr_factor",
+           "samples_table", "sequence_table"]
 
-__all__ = ["Rollout", "Scored", "Advantages", "optimizer_steps", "lr_factor", "samples_table", "sequence_table"]
+
+@dataclass
+class Batch:
+    """The tensors of one iteration's sequences, right-padded; ``mask`` marks completion tokens (shifted)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # [B, L-1]: 1 where position t predicts a completion token
+    group: torch.Tensor  # prompt index of each sequence
+
+
+def minibatch(b: Batch, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, mask, width) of some rows of ``b``, cut to their longest sequence.
+
+    The batch is padded to the longest of all its sequences; a minibatch of shorter ones would
+    compute that padding for nothing. Sequences are right-padded, so dropping the columns after the
+    minibatch's last real token changes no result. Tensors over positions (``mask``, log-probs,
+    advantages) are cut with ``[:, :width - 1]``.
+    """
+    att = b.attention_mask[idx]
+    width = max(2, int(att.sum(1).max()))
+    return b.input_ids[idx][:, :width], att[:, :width], b.mask[idx][:, :width - 1], width
+
+
+def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    mask = torch.zeros((len(seqs), L - 1), dtype=torch.float32)
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        att[i, :len(seq)] = 1
+        p = len(s.prompt_ids)
+        mask[i, p - 1:len(seq) - 1] = 1.0  # logits at p-1 predict the first completion token
+    group = torch.tensor([s.prompt_index for s in samples])
+    return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device))
 
 
 @dataclass
