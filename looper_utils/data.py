@@ -25,6 +25,7 @@ parts below is importable from here (``data.synthetic_problems``, ...).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -267,25 +268,32 @@ def _shingles(q: str, n: int = 5) -> set[str]:
 def overlap(train: list[dict], other: list[dict], threshold: float = 0.8) -> dict[str, Any]:
     """Exact and near duplicates of ``other``'s questions in ``train``.
 
-    Near = Jaccard similarity of word 5-gram shingles >= ``threshold``,
-    found through a shingle index so it stays fast on GSM8K's 7k x 1.3k.
+    Near = Jaccard similarity of word 5-gram shingles >= ``threshold``, exactly (every pair that
+    reaches it is found; the most similar training question is reported). Candidates come from
+    prefix filtering: with shingles ordered rarest first, two sets of Jaccard >= t must share a
+    shingle among the first ``n - ceil(t * n) + 1`` of each. Template-made questions share their
+    common shingles with thousands of rows, so the rare ones are what keeps this fast.
     """
     norm_train = {_norm_q(r["question"]) for r in train}
     exact = [r["id"] for r in other if _norm_q(r["question"]) in norm_train]
-    index: dict[str, list[int]] = {}
     train_sh = [_shingles(r["question"]) for r in train]
+    freq = Counter(s for sh in train_sh for s in sh)
+
+    def prefix(sh: set[str]) -> list[str]:
+        keep = len(sh) - math.ceil(threshold * len(sh) - 1e-9) + 1
+        return sorted(sh, key=lambda s: (freq.get(s, 0), s))[:max(1, keep)]
+
+    index: dict[str, list[int]] = {}
     for i, sh in enumerate(train_sh):
-        for s in sh:
+        for s in prefix(sh):
             index.setdefault(s, []).append(i)
     near = []
     for r in other:
         sh = _shingles(r["question"])
-        cand = Counter(i for s in sh for i in index.get(s, ()))
-        for i, shared in cand.most_common(5):
-            jac = shared / len(sh | train_sh[i])
-            if jac >= threshold:
-                near.append({"id": r["id"], "train_id": train[i]["id"], "jaccard": round(jac, 3)})
-                break
+        cands = {i for s in prefix(sh) for i in index.get(s, ())}
+        best = max(((len(sh & train_sh[i]) / len(sh | train_sh[i]), -i) for i in cands), default=None)
+        if best is not None and best[0] >= threshold:
+            near.append({"id": r["id"], "train_id": train[-best[1]]["id"], "jaccard": round(best[0], 3)})
     return {"n": len(other), "exact": len(exact), "near": len(near), "exact_ids": exact[:20],
             "near_examples": near[:10]}
 

@@ -108,6 +108,36 @@ def test_overlap_finds_exact_and_near():
     assert ov["near"] == 2 and {e["id"] for e in ov["near_examples"]} == {"o1", "o2"}
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
+def test_overlap_near_duplicates_match_brute_force(threshold):
+    """Every question whose best Jaccard with a training question reaches the threshold is found, with that
+    best training question: template-made problems, some edited copies of training questions among them."""
+    import random
+
+    rows = data.synthetic_problems(400, seed=3)
+    train, other = rows[:300], rows[300:]
+    rng = random.Random(0)
+    for k, r in enumerate(other[:40]):  # near copies: a training question with words added or changed
+        words = rng.choice(train)["question"].split()
+        if k % 2:
+            words += rng.sample(["seven", "blue", "apples", "Sam"], rng.randint(1, 2))
+        else:
+            for _ in range(rng.randint(1, 4)):
+                words[rng.randrange(len(words))] = rng.choice(["seven", "blue", "apples", "Sam"])
+        r["question"] = " ".join(words)
+    got = {e["id"]: e for e in data.overlap(train, other, threshold)["near_examples"]}
+    n_near = data.overlap(train, other, threshold)["near"]
+    sh = [data._shingles(t["question"]) for t in train]
+    want = {}
+    for r in other:
+        q = data._shingles(r["question"])
+        best = max(len(q & s) / len(q | s) for s in sh)
+        if best >= threshold:
+            want[r["id"]] = round(best, 3)
+    assert n_near == len(want) and len(want) >= 10
+    assert all(want[i] == e["jaccard"] for i, e in got.items())
+
+
 def test_real_gsm8k_loads_and_splits(gsm8k_dir):
     rows, problems = data.load_gsm8k(str(gsm8k_dir), "train")
     test, p2 = data.load_gsm8k(str(gsm8k_dir), "test")
