@@ -43,7 +43,7 @@ from .scratch import (ASSISTANT, BOS, EOS, PAD, USER, build_scratch_model, build
 
 __all__ = ["BOS", "EOS", "PAD", "USER", "ASSISTANT", "THINK_OPEN", "THINK_CLOSE", "ModelLoadError",
            "resolve_device", "chat_template", "build_tokenizer", "build_scratch_model", "tokenizer_corpus",
-           "build_or_load_base", "load_base", "load_policy", "load_checkpoint", "apply_lora",
+           "build_or_load_base", "load_base", "load_adapter_base", "load_policy", "load_checkpoint", "apply_lora",
            "choose_quantization", "save_checkpoint", "read_state", "ensure_pad_token", "count_params",
            "base_dir", "sft_dir", "describe", "set_cpu_threads", "free_memory", "weights_digest",
            "checkpoint_digest", "quiet_progress"]
@@ -221,6 +221,15 @@ def load_base(cfg: config_mod.Config, device: torch.device):
     return _load_pretrained(path, quant, device, cfg.model.attn_implementation)
 
 
+def load_adapter_base(cfg: config_mod.Config, device: torch.device):
+    """The base model a LoRA adapter of this run sits on: ``checkpoints/base`` for a scratch model, else
+    the hub id or local folder of ``model.name_or_path`` (``load_base``), unmerged and without its tokenizer
+    (the adapter's folder has the one to use)."""
+    if cfg.model.name_or_path == "scratch":
+        return load_checkpoint(base_dir(cfg), device, merge=False)[0]
+    return load_base(cfg, device)[0]
+
+
 def _load_pretrained(path: str, quant: str, device: torch.device, attn: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -286,10 +295,7 @@ def load_checkpoint(ckpt_dir: Path, device: torch.device, cfg: config_mod.Config
         if run_cfg is None:
             raise ModelLoadError(f"{ckpt_dir} holds a LoRA adapter but no {CONFIG_FILE}; pass cfg so the "
                                  "base model can be found")
-        if run_cfg.model.name_or_path == "scratch":
-            base, _ = load_checkpoint(base_dir(run_cfg), device, merge=False)
-        else:
-            base, _ = load_base(run_cfg, device)
+        base = load_adapter_base(run_cfg, device)
         model = PeftModel.from_pretrained(base, ckpt_dir)
         if merge and not getattr(base, "is_loaded_in_4bit", False):
             model = model.merge_and_unload()

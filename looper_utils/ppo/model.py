@@ -73,10 +73,7 @@ def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False):
     sft = modeling.sft_dir(cfg)
     state = modeling.read_state(sft)
     if state.get("format") == "adapter":
-        if cfg.model.name_or_path == "scratch":
-            base, _ = modeling.load_checkpoint(modeling.base_dir(cfg), device, merge=False)
-        else:
-            base, _ = modeling.load_base(cfg, device)
+        base = modeling.load_adapter_base(cfg, device)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(sft)
