@@ -6,13 +6,15 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
     PYTHONUNBUFFERED=1 python bench/demo_overhead.py --root /tmp/demo/root --out $OUT/overhead.json \
         [--old-code .old]   # a copy of an earlier looper_utils to time as the baseline
 
-- ``ppo``: ``PPOTrainer.iterate`` three times from the SFT checkpoint (the
-  first warms the engine up), timed per phase (generate, score, forward,
+- ``ppo``: ``PPOTrainer.iterate`` ``--iterations`` times (3) from the SFT
+  checkpoint (the first warms the engine up), timed per phase (generate, score, forward,
   update), for each ``ppo.precision`` and for the older code if given. Each
   variant runs in its own process so no memory or compiled state carries over.
 - ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
   last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
   and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
+
+The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
 CPU (proves the script end to end on a smoke project)::
 
@@ -42,7 +44,7 @@ def ppo_variant(args) -> dict:
 
     from looper_utils import config, data, ppo
 
-    over = {"iterations": 3, "eval_every": 0, "resume": False}
+    over = {"iterations": args.iterations, "eval_every": 0, "resume": False}
     if args.precision:
         over["precision"] = args.precision
     cfg = config.build(args.profile, root=args.root, run_id=args.run_id, stage="ppo", **over)
@@ -53,7 +55,7 @@ def ppo_variant(args) -> dict:
                             progress=False)
         load = time.perf_counter() - t0
         its = []
-        for it in range(3):
+        for it in range(args.iterations):
             t = time.perf_counter()
             m = tr.iterate(it)
             tr.iteration += 1
@@ -73,7 +75,7 @@ def run_ppo(args, results: dict) -> None:
     for name, precision, code in variants:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [code or str(ROOT), os.environ.get("PYTHONPATH")])))
         cmd = [sys.executable, __file__, "--root", args.root, "--profile", args.profile, "--run-id", args.run_id,
-               "--only-ppo-variant"] + (["--precision", precision] if precision else [])
+               "--iterations", str(args.iterations), "--only-ppo-variant"] + (["--precision", precision] if precision else [])
         log(f"ppo {name}")
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -154,6 +156,7 @@ def main() -> int:
     ap.add_argument("--out", default="overhead.json")
     ap.add_argument("--old-code", default="", help="a folder holding an older looper_utils, timed as the baseline")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
     ap.add_argument("--precision", default="")
