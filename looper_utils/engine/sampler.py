@@ -11,7 +11,8 @@ cache read) and syncs with the host every step. Here:
 
 - the model's own submodules are called layer by layer (norms, q/k/v/o
   projections, MLP), so PEFT LoRA layers (adapters applied inside the engine,
-  or merged) and bitsandbytes 4-bit linears work unchanged;
+  or merged) and bitsandbytes 4-bit linears work unchanged (which submodules:
+  ``engine.model_parts``; the prefill and the decode step: ``engine.forward``);
 - a preallocated cache ``[layers, 2, B, H_kv, T, D]`` is read by an attention
   that reads each KV head once and only the filled columns (Triton
   flash-decoding, or GQA-packed SDPA over a bucketed slice: ``engine.kernels``);
@@ -36,13 +37,12 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
 from . import kernels as ek
-
-SUPPORTED_TYPES = ("llama", "qwen2")
+from .forward import CachedForward
+from .model_parts import fusable, parts, state_key
 
 
 @dataclass
@@ -62,76 +62,11 @@ class EngineOutput:
     compactions: int = 0
 
 
-def _decoder(model):
-    """The ``*ForCausalLM`` inside a PEFT wrapper (LoRA layers stay injected)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _parts(model) -> SimpleNamespace:
-    lm = _decoder(model)
-    body = getattr(lm, "model", None)
-    cfg = getattr(lm, "config", None)
-    need = ("embed_tokens", "layers", "norm", "rotary_emb")
-    if body is None or cfg is None or not all(hasattr(body, n) for n in need) or not hasattr(lm, "lm_head"):
-        raise ValueError(f"{type(lm).__name__} is not a Llama-like decoder (needs model.{{{','.join(need)}}}, lm_head)")
-    layer_need = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
-    proj = ("q_proj", "k_proj", "v_proj", "o_proj")
-    for i, layer in enumerate(body.layers):
-        if not all(hasattr(layer, n) for n in layer_need) or not all(hasattr(layer.self_attn, n) for n in proj):
-            raise ValueError(f"layer {i} of {type(lm).__name__} lacks {layer_need} or self_attn.{proj}")
-        if hasattr(layer.self_attn, "q_norm"):
-            raise ValueError(f"layer {i} has q_norm/k_norm (Qwen3-style); the engine does not apply them")
-    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
-    attn0 = body.layers[0].self_attn
-    return SimpleNamespace(
-        lm=lm, cfg=cfg, embed=body.embed_tokens, layers=list(body.layers), norm=body.norm,
-        rotary=body.rotary_emb, lm_head=lm.lm_head, hq=hq, hkv=hkv, groups=hq // hkv, head_dim=head_dim,
-        scale=float(getattr(attn0, "scaling", head_dim ** -0.5)),
-    )
-
-
-_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm")
-_MLPS = ("LlamaMLP", "Qwen2MLP")
-
-
-def _fusable(p) -> bool:
-    """The fused glue ops reproduce exactly these modules: HF Llama/Qwen2 RMSNorm and SiLU gated MLP."""
-    norms = [p.norm] + [n for layer in p.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-    return (all(type(n).__name__ in _NORMS and hasattr(n, "variance_epsilon") for n in norms)
-            and all(type(layer.mlp).__name__ in _MLPS for layer in p.layers)
-            and getattr(p.cfg, "hidden_act", None) == "silu" and p.head_dim & (p.head_dim - 1) == 0)
-
-
-def supports(model) -> bool:
-    """True for Llama-like decoders the engine runs exactly (Llama, Qwen2; plain or PEFT-wrapped)."""
-    try:
-        p = _parts(model)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    cfg = p.cfg
-    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}).get("rope_type", "default")
-    sliding = getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None)
-    return cfg.model_type in SUPPORTED_TYPES and rope not in ("dynamic", "longrope") and not sliding
-
-
-def _state_key(model) -> tuple:
-    """What a captured graph depends on besides input buffers: parameter storage and PEFT flags."""
-    ptrs = tuple(p.data_ptr() for p in model.parameters())
-    flags = []
-    for name, mod in model.named_modules():
-        if hasattr(mod, "merged") and hasattr(mod, "active_adapters"):
-            scaling = getattr(mod, "scaling", {})
-            flags.append((name, bool(mod.merged), bool(getattr(mod, "disable_adapters", False)),
-                          tuple(mod.active_adapters), tuple(sorted(scaling.items())) if isinstance(scaling, dict) else ()))
-    return ptrs, tuple(flags)
-
-
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-class Engine:
+class Engine(CachedForward):
     """Reusable sampler for one model: KV cache, static decode buffers and CUDA graphs.
 
     ``attention``: ``"auto"`` (Triton kernel on CUDA when it passes a check
@@ -155,7 +90,7 @@ class Engine:
         if fused not in ("auto", True, False):
             raise ValueError(f"fused={fused!r}: use 'auto', True or False")
         self.model = model
-        self.p = _parts(model)
+        self.p = parts(model)
         self.device = self.p.embed.weight.device
         self.dtype = self.p.embed.weight.dtype if self.p.embed.weight.is_floating_point() else torch.bfloat16
         is_cuda = self.device.type == "cuda"
@@ -204,7 +139,7 @@ class Engine:
         if fused is False:
             return False
         p = self.p
-        ok = (is_cuda or fused is True) and ek.triton_available() and _fusable(p)
+        ok = (is_cuda or fused is True) and ek.triton_available() and fusable(p)
         ok = ok and self._checked("Fused decode ops", lambda: ek.check_fused_ops(
             self.device, self.dtype, p.cfg.hidden_size, p.hq, p.hkv, p.head_dim), self._tol(2e-2, 1e-5))
         if fused is True and not ok:
@@ -235,87 +170,6 @@ class Engine:
         self._col = torch.zeros(1, dtype=torch.long, device=self.device)
         self._n_sm = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
 
-    # -------------------------------------------------------------- forward
-    def _attn_qkv(self, layer, h, cos, sin):
-        p, a = self.p, layer.self_attn
-        b, t, _ = h.shape
-        q = a.q_proj(h).view(b, t, p.hq, p.head_dim).transpose(1, 2)
-        k = a.k_proj(h).view(b, t, p.hkv, p.head_dim).transpose(1, 2)
-        v = a.v_proj(h).view(b, t, p.hkv, p.head_dim).transpose(1, 2)
-        q, k = _apply_rotary(q, k, cos, sin)
-        return q, k, v
-
-    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Fill cache columns ``[0, P)`` for all rows; return the logits of the last column."""
-        p = self.p
-        b, plen = ids.shape
-        step = max(1, self.prefill_tokens // plen)
-        logits = []
-        for b0 in range(0, b, step):
-            b1 = min(b, b0 + step)
-            x = p.embed(ids[b0:b1])
-            pos = (torch.arange(plen, device=ids.device)[None, :] - start[b0:b1, None]).clamp_min(0)
-            cos, sin = p.rotary(x, pos)
-            amask = ek.prefill_mask(mask[b0:b1], p.groups, x.dtype)
-            for i, layer in enumerate(p.layers):
-                h = layer.input_layernorm(x)
-                q, k, v = self._attn_qkv(layer, h, cos, sin)
-                self._kv[i, 0, b0:b1, :, :plen] = k
-                self._kv[i, 1, b0:b1, :, :plen] = v
-                o = ek.sdpa_prefill(q, k, v, amask, p.scale)
-                x = x + layer.self_attn.o_proj(o)
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
-            logits.append(p.lm_head(p.norm(x[:, -1:]))[:, 0])
-        return torch.cat(logits)
-
-    def _step(self, length: int) -> torch.Tensor:
-        """One decode step from the static buffers (token, column, positions); logits ``[B, V]``."""
-        if self.fused:
-            return self._step_fused(length)
-        p, b = self.p, self._n
-        tok, pos, start = self._tok[:b], self._pos[:b], self._start[:b]
-        x = p.embed(tok)[:, None, :]
-        cos, sin = p.rotary(x, pos[:, None])
-        mask = ek.decode_mask(start, self._col, length, x.dtype) if self.attention == "sdpa" else None
-        for i, layer in enumerate(p.layers):
-            h = layer.input_layernorm(x)
-            q, k, v = self._attn_qkv(layer, h, cos, sin)
-            kc, vc = self._kv[i, 0, :b], self._kv[i, 1, :b]
-            kc.index_copy_(2, self._col, k)
-            vc.index_copy_(2, self._col, v)
-            o = self._attend(q.reshape(b, p.hq, p.head_dim), kc, vc, length, mask)
-            x = x + layer.self_attn.o_proj(o.reshape(b, 1, p.hq * p.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return p.lm_head(p.norm(x))[:, 0]
-
-    def _attend(self, q, kc, vc, length: int, mask):
-        p, b = self.p, self._n
-        if self.attention == "triton":
-            splits = ek.default_splits(b, p.hkv, kc.shape[2], self._n_sm)
-            return ek.triton_decode(q, kc, vc, self._start[:b], self._col, p.scale, splits)
-        return ek.sdpa_decode(q, kc, vc, length, mask, p.scale)
-
-    def _step_fused(self, length: int) -> torch.Tensor:
-        """``_step`` with the glue ops fused (2-D activations ``[B, hidden]``)."""
-        p, b = self.p, self._n
-        tok, pos, start = self._tok[:b], self._pos[:b], self._start[:b]
-        x = p.embed(tok)
-        cos, sin = p.rotary(x[:, None], pos[:, None])
-        cos, sin = cos[:, 0], sin[:, 0]
-        mask = ek.decode_mask(start, self._col, length, x.dtype) if self.attention == "sdpa" else None
-        n0 = p.layers[0].input_layernorm
-        _, h = ek.add_rmsnorm(x, None, n0.weight, n0.variance_epsilon)
-        for i, layer in enumerate(p.layers):
-            a, mlp = layer.self_attn, layer.mlp
-            kc, vc = self._kv[i, 0, :b], self._kv[i, 1, :b]
-            q = ek.rope_cache(a.q_proj(h), a.k_proj(h), a.v_proj(h), cos, sin, kc, vc, self._col, p.hq, p.head_dim)
-            o = self._attend(q, kc, vc, length, mask)
-            post = layer.post_attention_layernorm
-            x, h = ek.add_rmsnorm(x, a.o_proj(o.reshape(b, p.hq * p.head_dim)), post.weight, post.variance_epsilon)
-            m = mlp.down_proj(ek.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
-            nxt = p.layers[i + 1].input_layernorm if i + 1 < len(p.layers) else p.norm
-            x, h = ek.add_rmsnorm(x, m, nxt.weight, nxt.variance_epsilon)
-        return p.lm_head(h)
 
     def _run_step(self, length: int) -> torch.Tensor:
         if not self.use_graphs:
@@ -454,7 +308,7 @@ class Engine:
         return ek.sample_tokens(logits.float(), temperature, top_p, top_k, generator)
 
     def _sample(self, ids, mask, n_new, temperature, top_p, top_k, eos, pad, generator) -> EngineOutput:
-        key = _state_key(self.model)
+        key = state_key(self.model)
         if key != self._key:
             self._graphs.clear()
             self._key = key
@@ -511,17 +365,6 @@ class Engine:
                             n_new_tokens=int(lengths.sum()), prefill_seconds=t_prefill, decode_steps=steps,
                             attention=self.attention, fused=self.fused, cuda_graphs=self.use_graphs,
                             compactions=compactions)
-
-
-def _apply_rotary(q, k, cos, sin):
-    """HF's rotary (``apply_rotary_pos_emb``) on ``[B, H, T, D]`` with ``cos/sin [B, T, D]``."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    half = q.shape[-1] // 2
-
-    def rot(x):
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    return q * cos + rot(q) * sin, k * cos + rot(k) * sin
 
 
 def _lengths(seqs: torch.Tensor, eos, n_new: int):
