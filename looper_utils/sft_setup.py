@@ -16,6 +16,7 @@ PPO scores.
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import warnings
 from pathlib import Path
@@ -25,7 +26,8 @@ import torch
 from . import config as config_mod
 from .prompts import encode_completion, encode_prompt, sft_example
 
-__all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config"]
+__all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config",
+           "loader_workers"]
 
 # report_to value -> (the package it imports, how to install it)
 TRACKERS = {"none": (None, ""),
@@ -82,12 +84,27 @@ def build_dataset(rows: list[dict], tokenizer, style: str, max_length: int):
     return Dataset.from_dict({"input_ids": ids, "completion_mask": masks}), too_long
 
 
+def loader_workers(device: torch.device) -> int:
+    """Data-loader processes for SFT: up to 4 on a GPU (leaving a core to the training loop), none on the CPU,
+    where the cores are the ones training.
+
+    >>> loader_workers(torch.device("cpu"))
+    0
+    """
+    return min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+
+
 def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.device, progress: bool = True):
-    """TRL ``SFTConfig`` from the stage config; CPU runs get fp32, no gradient checkpointing."""
+    """TRL ``SFTConfig`` from the stage config; CPU runs get fp32, no gradient checkpointing.
+
+    On a GPU, batches are collated by ``loader_workers`` background processes: for the demo's small
+    model, padding 128 sequences in the training process was a third of each step (docs/benchmarks.md).
+    """
     from trl import SFTConfig
 
     s = cfg.sft
     cuda = device.type == "cuda"
+    workers = loader_workers(device)
     # checkpointing trades compute for memory: worth it only for the 8B (LoRA/quantised) model on a GPU
     checkpointing = cuda and (cfg.model.use_lora or cfg.model.quantization != "none")
     with warnings.catch_warnings():  # newer transformers renamed the flag; the old name works on all 5.x
@@ -101,6 +118,7 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
             max_length=s.max_length, packing=s.packing, completion_only_loss=True,
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             gradient_checkpointing=checkpointing, optim="adamw_torch_fused" if cuda else "adamw_torch",
-            dataloader_pin_memory=cuda, report_to=check_report_to(s.report_to), seed=cfg.seed,
+            dataloader_pin_memory=cuda, dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0,
+            report_to=check_report_to(s.report_to), seed=cfg.seed,
             data_seed=cfg.seed, disable_tqdm=not progress, run_name=f"{cfg.run_id}-02_sft", project="looper",
         )

@@ -117,3 +117,15 @@ def test_select_train_rows_is_seeded(rows):
     a = sft.select_train_rows(rows, 5, seed=1)
     assert a == sft.select_train_rows(rows, 5, seed=1) and len(a) == 5
     assert sft.select_train_rows(rows, 0, seed=1) == rows
+
+
+def test_data_loader_workers_only_on_a_gpu(tmp_path, monkeypatch):
+    from looper_utils import sft_setup
+
+    cfg = _tiny.tiny_cfg(tmp_path)
+    args = sft.make_sft_config(cfg, tmp_path / "work", torch.device("cpu"))
+    assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
+    monkeypatch.setattr(sft_setup.os, "cpu_count", lambda: 16)
+    assert sft_setup.loader_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr(sft_setup.os, "cpu_count", lambda: 2)
+    assert sft_setup.loader_workers(torch.device("cuda")) == 1
