@@ -405,7 +405,7 @@ class Bench:
         decode_ms = (out.seconds - out.prefill_seconds) / max(1, out.decode_steps) * 1e3
         extra = dict(decode_ms_per_step=round(decode_ms, 3), prefill_ms=round(out.prefill_seconds * 1e3, 1),
                      attention=out.attention, fused=out.fused, cuda_graphs=out.cuda_graphs, graphs=e.n_captures,
-                     kv_cache_gib=round(e._kv.numel() * e._kv.element_size() / 2**30, 2))
+                     kv_cache_gib=round(e.cache_bytes / 2**30, 2))
         if top_p is not None:
             extra["top_p"] = top_p
         row = self.add_row(f"{label}[{out.attention}{'+fused' if out.fused else ''}]", batch, out.seconds, extra)
