@@ -176,6 +176,7 @@ class PPOConfig:
     # "auto": on a GPU with bf16, a full-precision frozen base is kept in bf16 and the forwards run under
     # bf16 autocast (adapters, optimiser and log-prob arithmetic in fp32); "fp32": fp32 throughout
     precision: str = "auto"
+    trainer: str = "ours"  # "ours" (looper_utils.ppo) | "trl-grpo" (TRL's GRPOTrainer, ppo.trl_grpo)
 
 
 @dataclass(frozen=True)

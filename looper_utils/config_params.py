@@ -338,6 +338,8 @@ def _validate(cfg: Config) -> None:
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
         (cfg.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be 'constant' or 'linear'"),
         (cfg.ppo.precision in ("auto", "fp32"), "ppo.precision must be 'auto' or 'fp32'"),
+        (cfg.ppo.trainer in ("ours", "trl-grpo"), f"ppo.trainer={cfg.ppo.trainer!r} is not a trainer: it must be "
+         "'ours' (looper_utils.ppo) or 'trl-grpo' (TRL's GRPOTrainer, looper_utils.ppo.trl_grpo)"),
         (0 <= cfg.ppo.warmup_iterations <= cfg.ppo.iterations,
          "ppo.warmup_iterations must be between 0 and ppo.iterations"),
     ]

@@ -82,7 +82,7 @@ def _share_checkpoints():
     return ShareCheckpoints()
 
 
-def _point_tensorboard(trainer, log_dir: Path) -> None:
+def point_tensorboard(trainer, log_dir: Path) -> None:
     """Send the Trainer's TensorBoard events to ``log_dir``.
 
     Its default, ``<output_dir>/runs/<date>_<host>``, would put them among
@@ -166,7 +166,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
         with quiet_progress():
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[_share_checkpoints(), _progress_lines()])
-            _point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
+            point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
             with _main_first(procs):
                 resume, finished = resume_plan(trainer, resume, main)
             seconds = 0.0 if finished else \

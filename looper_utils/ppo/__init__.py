@@ -9,7 +9,8 @@
 - ``losses``: the arithmetic of PPO as pure tensor functions (GAE, group advantages, KL, clipped losses);
 - ``steps``: what the steps hand each other (the padded batch among them), the learning-rate schedule, and
   the tables 05 shows;
-- ``resume``: whether a saved state belongs to the run being started, and the state on disk.
+- ``resume``: whether a saved state belongs to the run being started, and the state on disk;
+- ``trl_grpo``: the same stage trained by TRL's ``GRPOTrainer`` instead (``ppo.trainer="trl-grpo"``), for comparison.
 
 What a notebook or another stage needs is importable from here (``from looper_utils import ppo``).
 """
@@ -21,8 +22,10 @@ from .resume import StateError, load_state, resume_signature, save_state
 from .steps import (Advantages, Batch, Rollout, Scored, lr_factor, make_batch, minibatch, optimizer_steps,
                     samples_table, sequence_table)
 from .trainer import LOG_NAME, PPOTrainer, main, ppo_dir
+from .trl_grpo import grpo_batch, train_trl_grpo
 
 __all__ = ["PPOTrainer", "PPOIteration", "Batch", "Distributed", "make_batch", "minibatch", "ppo_dir", "main",
            "LOG_NAME", "Rollout", "Scored", "Advantages", "lr_factor", "optimizer_steps", "samples_table",
            "sequence_table", "POLICY", "REF", "VALUE", "PolicyValue", "load_ppo_policy", "save_policy_adapter",
-           "ppo_diagnostics", "StateError", "load_state", "save_state", "resume_signature"]
+           "ppo_diagnostics", "StateError", "load_state", "save_state", "resume_signature", "train_trl_grpo",
+           "grpo_batch"]

@@ -64,10 +64,11 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.ppo.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False):
+def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False, adapter: str = POLICY):
     """(peft model with a ``policy`` adapter, tokenizer, ref_mode) built over the SFT checkpoint.
 
-    ``bf16``: a fully fine-tuned fp32 SFT model, frozen here, is kept in bf16 (the adapters stay fp32)."""
+    ``bf16``: a fully fine-tuned fp32 SFT model, frozen here, is kept in bf16 (the adapters stay fp32).
+    ``adapter``: the adapter's name (TRL's GRPOTrainer expects PEFT's ``default``)."""
     from peft import PeftModel, get_peft_model
 
     sft = modeling.sft_dir(cfg)
@@ -78,14 +79,14 @@ def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False):
 
         tokenizer = AutoTokenizer.from_pretrained(sft)
         modeling.ensure_pad_token(tokenizer, base, source=str(sft))
-        model = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
+        model = PeftModel.from_pretrained(base, sft, adapter_name=adapter, is_trainable=True)
         return model, tokenizer, "adapter"
     base, tokenizer = modeling.load_checkpoint(sft, device, merge=False)
     for p in base.parameters():
         p.requires_grad_(False)
     if bf16 and next(base.parameters()).dtype == torch.float32:
         base.to(torch.bfloat16)
-    model = get_peft_model(base, _lora(cfg), adapter_name=POLICY)
+    model = get_peft_model(base, _lora(cfg), adapter_name=adapter)
     return model, tokenizer, "disabled"
 
 
@@ -214,12 +215,13 @@ def _head_logprobs(head: nn.Module, h: torch.Tensor, target: torch.Tensor, tempe
     return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
-def save_policy_adapter(pv: PolicyValue, out_dir: Path) -> None:
-    """The policy adapter alone (PEFT format), what evaluation loads."""
+def save_policy_adapter(pv: PolicyValue | Any, out_dir: Path, adapter: str = POLICY) -> None:
+    """The policy adapter alone (PEFT format), what evaluation loads: ``pv``'s, or the adapter named
+    ``adapter`` of a PEFT model (TRL's GRPO, ``ppo.trl_grpo``). The file holds no adapter name."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    sd = get_peft_model_state_dict(pv.model, adapter_name=POLICY)
+    sd = get_peft_model_state_dict(pv.model if isinstance(pv, PolicyValue) else pv, adapter_name=adapter)
     save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(Path(out_dir) / modeling.PPO_ADAPTER_FILE))
 
 

@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = stage_config("looper_utils.ppo", "PPO with the Regime W reward", "ppo", argv)
     files = data.data_files(cfg.data_dir)
+    if cfg.ppo.trainer == "trl-grpo":  # TRL's GRPOTrainer instead of our loop, into the same folder for 06
+        from .trl_grpo import train_trl_grpo
+
+        m = train_trl_grpo(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]))
+        print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, default=str), flush=True)
+        return 0
     trainer = PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]))
     main_rank = trainer.dist.is_main
 
