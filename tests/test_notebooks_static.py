@@ -1,5 +1,6 @@
 """House rules for the committed notebooks: valid, stripped, parameters first, no def/class."""
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def test_notebooks_are_numbered_stages():
 def test_notebook_house_rules(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
+    raw = json.loads(path.read_text(encoding="utf-8"))  # nbformat.read would fill in missing cell ids
+    assert all(c.get("id") for c in raw["cells"]), "every cell needs an id (nbformat 4.5)"
     cells = nb.cells
     assert cells[0].cell_type == "markdown", "first cell must be the markdown overview"
     code = [c for c in cells if c.cell_type == "code"]
