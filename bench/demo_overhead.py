@@ -10,6 +10,8 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   checkpoint (the first warms the engine up), timed per phase (generate, score, forward,
   update), for each ``ppo.precision`` and for the older code if given. Each
   variant runs in its own process so no memory or compiled state carries over.
+  ``--profile-ppo`` runs each variant's last iteration under ``torch.profiler``
+  (``ppo_profile_<variant>.txt`` beside ``--out``).
 - ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
   last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
   and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
@@ -57,7 +59,10 @@ def ppo_variant(args) -> dict:
         its = []
         for it in range(args.iterations):
             t = time.perf_counter()
-            m = tr.iterate(it)
+            if args.profile_ppo and it == args.iterations - 1:  # the last iteration, under torch.profiler
+                m = _profiled(tr, it, Path(args.out).parent / f"ppo_profile_{args.precision or 'old'}.txt")
+            else:
+                m = tr.iterate(it)
             tr.iteration += 1
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
@@ -68,6 +73,19 @@ def ppo_variant(args) -> dict:
     return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak}
 
 
+def _profiled(tr, it: int, out: Path) -> dict:
+    """One ``iterate`` under torch.profiler; the table of the top kernels and ops goes to ``out``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as p:
+        m = tr.iterate(it)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    out.write_text(p.key_averages().table(sort_by=key, row_limit=30))
+    return m
+
+
 def run_ppo(args, results: dict) -> None:
     variants = [("new-auto", "auto", None), ("new-fp32", "fp32", None)]
     if args.old_code:
@@ -75,7 +93,8 @@ def run_ppo(args, results: dict) -> None:
     for name, precision, code in variants:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [code or str(ROOT), os.environ.get("PYTHONPATH")])))
         cmd = [sys.executable, __file__, "--root", args.root, "--profile", args.profile, "--run-id", args.run_id,
-               "--iterations", str(args.iterations), "--only-ppo-variant"] + (["--precision", precision] if precision else [])
+               "--iterations", str(args.iterations), "--out", args.out, "--only-ppo-variant"]
+        cmd += (["--profile-ppo"] if args.profile_ppo else []) + (["--precision", precision] if precision else [])
         log(f"ppo {name}")
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -159,9 +178,12 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
+    ap.add_argument("--profile-ppo", action="store_true", help="profile each variant's last iteration")
     ap.add_argument("--precision", default="")
     ap.add_argument("--only-ppo-variant", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # keep the log to the numbers
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.only_ppo_variant:
         print(json.dumps(ppo_variant(args)))
         return 0
