@@ -15,6 +15,10 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
 - ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
   last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
   and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
+  ``--sft-variants liger`` times the default trainer with and without
+  liger-kernel's fused kernels (``use_liger_kernel``; needs ``pip install
+  liger-kernel``; builds the scratch base when the project has only 01's data).
+  Not run yet on a GPU.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -113,6 +117,8 @@ def run_sft(args, results: dict) -> None:
                        logging_steps=10_000, save_steps=10_000)
     device = modeling.resolve_device(cfg.device)
     rows = data.read_jsonl(data.data_files(cfg.data_dir)["train"])
+    if not modeling.base_dir(cfg).is_dir():
+        modeling.build_or_load_base(cfg, rows, device=device)
     tok = modeling.load_checkpoint(modeling.base_dir(cfg), device)[1]
     dataset, _ = sft.build_dataset(rows, tok, cfg.model.prompt_style, cfg.sft.max_length)
 
@@ -131,13 +137,14 @@ def run_sft(args, results: dict) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    def one(name, trainer_cls, workers, profile=False):
+    def one(name, trainer_cls, workers, profile=False, liger=False):
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
         with tempfile.TemporaryDirectory() as work:
             a = sft.make_sft_config(cfg, Path(work), device, progress=False)
             a.dataloader_num_workers = workers
             a.dataloader_persistent_workers = workers > 0
+            a.use_liger_kernel = liger  # fused RMSNorm, SwiGLU, RoPE, linear + cross-entropy (liger-kernel)
             clock = Clock()
             tr = trainer_cls(model=model, args=a, train_dataset=dataset, processing_class=tok, callbacks=[clock])
             if profile:
@@ -158,6 +165,10 @@ def run_sft(args, results: dict) -> None:
                                 "batch_size": cfg.sft.batch_size}
         log(f"sft {name}: {ms:.1f} ms/step")
 
+    if args.sft_variants == "liger":
+        one("trl+workers", SFTTrainer, 4)
+        one("trl+workers+liger", SFTTrainer, 4, liger=True)
+        return
     one("trl", SFTTrainer, 0)
     one("trl+workers", SFTTrainer, 4)
     one("plain-loss", PlainLoss, 0)
@@ -178,6 +189,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
+    ap.add_argument("--sft-variants", default="all", choices=["all", "liger"],
+                    help="liger: the default trainer with and without liger-kernel's fused kernels")
     ap.add_argument("--profile-ppo", action="store_true", help="profile each variant's last iteration")
     ap.add_argument("--precision", default="")
     ap.add_argument("--only-ppo-variant", action="store_true", help=argparse.SUPPRESS)
