@@ -64,7 +64,7 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.ppo.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def _load_policy_base(cfg: Config, device: torch.device, bf16: bool = False, adapter: str = POLICY):
+def load_policy_base(cfg: Config, device: torch.device, bf16: bool = False, adapter: str = POLICY):
     """(peft model with a ``policy`` adapter, tokenizer, ref_mode) built over the SFT checkpoint.
 
     ``bf16``: a fully fine-tuned fp32 SFT model, frozen here, is kept in bf16 (the adapters stay fp32).
@@ -96,7 +96,7 @@ class PolicyValue(nn.Module):
     def __init__(self, cfg: Config, device: torch.device):
         super().__init__()
         self.bf16 = use_bf16(cfg, device)
-        model, tokenizer, ref_mode = _load_policy_base(cfg, device, bf16=self.bf16)
+        model, tokenizer, ref_mode = load_policy_base(cfg, device, bf16=self.bf16)
         if ref_mode == "adapter":
             model.load_adapter(modeling.sft_dir(cfg), adapter_name=REF, is_trainable=False)
         model.add_adapter(VALUE, _lora(cfg))
@@ -234,7 +234,7 @@ def load_ppo_policy(cfg: Config, ckpt_dir: Path, device: torch.device | None = N
 
     device = device or modeling.resolve_device(cfg.device)
     path = require(Path(ckpt_dir) / modeling.PPO_ADAPTER_FILE, "05_ppo")
-    model, tokenizer, _ = _load_policy_base(cfg, device)
+    model, tokenizer, _ = load_policy_base(cfg, device)
     set_peft_model_state_dict(model, load_file(str(path), device=str(device)), adapter_name=POLICY)
     model.set_adapter(POLICY)
     if not getattr(model.get_base_model(), "is_loaded_in_4bit", False):

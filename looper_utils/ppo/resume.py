@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import modeling
-from ..artifacts import atomic_write_text
+from ..artifacts import atomic_dir, atomic_write_text
 from ..config import Config, model_identity
 from ..data import rows_digest
 
@@ -158,6 +158,26 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     if "__items__" in obj:
         return {_decode(k, tensors, where): _decode(v, tensors, where) for k, v in obj["__items__"]}
     return {k: _decode(v, tensors, where) for k, v in obj.items()}
+
+
+def write_checkpoint(final: Path, cfg: Config, policy: Any, signature: dict[str, Any], looper_state: dict[str, Any],
+                     trainer_state: dict[str, Any] | None = None, adapter: str | None = None) -> Path:
+    """Write a PPO checkpoint folder ``final`` atomically: the policy adapter (what 06 loads), the config,
+    the resume signature, ``looper_state.json`` and, when given, the trainer state (what ``resume`` needs).
+
+    ``policy`` is a ``PolicyValue`` or a PEFT model whose adapter ``adapter`` is the policy (TRL's GRPO).
+    """
+    from ..config import save as save_cfg
+    from .model import POLICY, save_policy_adapter
+
+    with atomic_dir(final) as tmp:
+        if trainer_state is not None:
+            save_state(tmp, trainer_state)
+        save_policy_adapter(policy, tmp, adapter=adapter or POLICY)
+        save_cfg(cfg, tmp / modeling.CONFIG_FILE)
+        write_signature(tmp, signature)
+        atomic_write_text(tmp / modeling.STATE_FILE, json.dumps(looper_state) + "\n")
+    return final
 
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:

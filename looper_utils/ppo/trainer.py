@@ -30,15 +30,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .. import modeling
-from ..teacher import completion_style, style_shares
-from ..artifacts import atomic_dir, atomic_write_text
-from ..progress import progress_line
+from ..artifacts import atomic_write_text
 from ..config import Config
+from ..progress import progress_line
+from ..teacher import completion_style, style_shares
 from .iteration import PPOIteration
-from .model import POLICY, save_policy_adapter
+from .model import POLICY
 from .resume import (STATE_TENSORS, StateError, can_resume, load_state, move_aside, resume_signature,
-                         save_state, state_problem, write_signature)
+                     state_problem, write_checkpoint)
 
 __all__ = ["PPOTrainer", "main", "ppo_dir", "LOG_NAME"]
 
@@ -109,13 +108,9 @@ class PPOTrainer(PPOIteration):
         The style of every answer (``data.completion_style``) is kept in
         ``last_dev_styles`` for the style-share plots.
         """
-        from ..sft import dev_check
-
         rows = rows if rows is not None else self.dev_rows
         with self.pv.use(POLICY):
-            acc, records, _ = dev_check(self.pv.model, self.tok, rows, style=self.style,
-                                        max_new_tokens=self.p.max_new_tokens, batch_size=self.cfg.sft.eval_batch_size,
-                                        progress=False, backend=self.cfg.rollouts.backend)
+            acc, records = greedy_dev_check(self.cfg, self.pv.model, self.tok, rows)
         self.last_dev_styles = [completion_style(r["completion"], think=self.think) for r in records]
         return acc, [bool(r["correct"]) for r in records]
 
@@ -134,17 +129,9 @@ class PPOTrainer(PPOIteration):
 
     def save(self, name: str) -> Path:
         """Write ``<out>/<name>/`` atomically: trainer state, policy adapter, config, step."""
-        from ..config import save as save_cfg
-
-        final = self.out / name
-        with atomic_dir(final) as tmp:
-            save_state(tmp, self.state())
-            save_policy_adapter(self.pv, tmp)
-            save_cfg(self.cfg, tmp / modeling.CONFIG_FILE)
-            write_signature(tmp, self.signature)
-            atomic_write_text(tmp / modeling.STATE_FILE, json.dumps(
-                {"stage": "ppo", "step": self.iteration, "format": "ppo_adapter", "best_dev": self.best_dev}) + "\n")
-        return final
+        return write_checkpoint(self.out / name, self.cfg, self.pv, self.signature,
+                                {"stage": "ppo", "step": self.iteration, "format": "ppo_adapter",
+                                 "best_dev": self.best_dev}, trainer_state=self.state())
 
     def load(self, path: Path, st: dict[str, Any] | None = None) -> None:
         """Restore the state ``save`` wrote to ``path`` (or ``st``, read from it already). Nothing in the files
@@ -249,6 +236,17 @@ class PPOTrainer(PPOIteration):
         bar.close()
         self.dist.wait()  # no rank leaves while rank 0 still writes the last checkpoint
         return self.history
+
+
+def greedy_dev_check(cfg: Config, model, tokenizer, rows: list[dict]) -> tuple[float, list[dict]]:
+    """(accuracy, records) of ``model`` on ``rows``: 02's one dev check (``sft.dev_check``) with 05's settings
+    (``ppo.max_new_tokens``, the rollout backend), for our loop and for TRL's GRPO alike."""
+    from ..sft import dev_check
+
+    acc, records, _ = dev_check(model, tokenizer, rows, style=cfg.model.prompt_style,
+                                max_new_tokens=cfg.ppo.max_new_tokens, batch_size=cfg.sft.eval_batch_size,
+                                progress=False, backend=cfg.rollouts.backend)
+    return acc, records
 
 
 def main(argv: list[str] | None = None) -> int:

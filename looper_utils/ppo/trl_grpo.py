@@ -42,12 +42,12 @@ from typing import Any, Callable
 import torch
 
 from .. import modeling, prompts
-from ..artifacts import atomic_dir, atomic_write_text
+from ..artifacts import atomic_write_text
 from ..config import Config
 from ..progress import progress_line
 from ..regime_w.reward import reward_fn
-from .model import _load_policy_base, save_policy_adapter, use_bf16
-from .resume import move_aside, resume_signature, write_signature
+from .model import load_policy_base, use_bf16
+from .resume import move_aside, resume_signature, write_checkpoint
 
 __all__ = ["grpo_batch", "make_grpo_config", "regime_w_reward", "grpo_dataset", "train_trl_grpo", "LOG_NAME"]
 
@@ -158,27 +158,12 @@ def _progress_lines(total: int, per_iteration: int):
 
 
 def _dev_check(cfg: Config, model, tokenizer, rows: list[dict]) -> tuple[float, list[bool]]:
-    """Greedy dev accuracy with the one dev check (``sft.dev_check``), as ``PPOTrainer.dev_accuracy``."""
-    from ..sft import dev_check
+    """Greedy dev accuracy and per-problem flags with the check ``PPOTrainer.dev_accuracy`` uses."""
+    from .trainer import greedy_dev_check
 
     model.eval()
-    acc, records, _ = dev_check(model, tokenizer, rows, style=cfg.model.prompt_style,
-                                max_new_tokens=cfg.ppo.max_new_tokens, batch_size=cfg.sft.eval_batch_size,
-                                progress=False, backend=cfg.rollouts.backend)
+    acc, records = greedy_dev_check(cfg, model, tokenizer, rows)
     return acc, [bool(r["correct"]) for r in records]
-
-
-def _save(out: Path, cfg: Config, model, signature: dict[str, Any], state: dict[str, Any]) -> Path:
-    """``<out>/last`` as ``PPOTrainer.save`` lays it out, less the trainer state (nothing to resume)."""
-    from ..config import save as save_cfg
-
-    final = out / "last"
-    with atomic_dir(final) as tmp:
-        save_policy_adapter(model, tmp, adapter=ADAPTER)
-        save_cfg(cfg, tmp / modeling.CONFIG_FILE)
-        write_signature(tmp, signature)
-        atomic_write_text(tmp / modeling.STATE_FILE, json.dumps(state) + "\n")
-    return final
 
 
 def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], out_dir: Path | None = None,
@@ -200,7 +185,7 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
         move_aside(out, f"{out} holds an earlier PPO run, and trainer='trl-grpo' does not continue one")
     device = modeling.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model, tokenizer, _ = _load_policy_base(cfg, device, bf16=use_bf16(cfg, device), adapter=ADAPTER)
+    model, tokenizer, _ = load_policy_base(cfg, device, bf16=use_bf16(cfg, device), adapter=ADAPTER)
     model.to(device)
     dev = dev_rows[:cfg.ppo.n_dev] if cfg.ppo.n_dev else dev_rows
     think = prompts.completion_starts_in_think(tokenizer, cfg.model.prompt_style)
@@ -227,9 +212,10 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
     log = [{k: v for k, v in h.items()} for h in trainer.state.log_history if "reward" in h]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / LOG_NAME, "".join(json.dumps(h) + "\n" for h in log))
-    _save(out, cfg, model, resume_signature(cfg, train_rows),
-          {"stage": "ppo", "step": cfg.ppo.iterations, "format": "ppo_adapter", "trainer": "trl-grpo",
-           "best_dev": ppo_acc})
+    # <out>/last as PPOTrainer.save lays it out, less the trainer state (nothing to resume)
+    write_checkpoint(out / "last", cfg, model, resume_signature(cfg, train_rows),
+                     {"stage": "ppo", "step": cfg.ppo.iterations, "format": "ppo_adapter", "trainer": "trl-grpo",
+                      "best_dev": ppo_acc}, adapter=ADAPTER)
     sft_ci, ppo_ci = stats.accuracy_ci(sft_flags, seed=cfg.seed), stats.accuracy_ci(ppo_flags, seed=cfg.seed)
     rewards = [float(h["reward"]) for h in log]
     return {
