@@ -153,6 +153,11 @@ class PPOConfig:
     kl_coef: float = 0.02
     clip_range: float = 0.2
     value_clip: float = 0.2
+    # gae's critic: "separate" (its own LoRA adapter: a second pass over the base in the forward and the
+    # update) or "shared" (a value head on the policy's hidden states: one pass for both; the value loss,
+    # times value_coef, also trains the policy adapter)
+    critic: str = "separate"
+    value_coef: float = 0.1
     gamma: float = 1.0
     lam: float = 0.95
     ppo_epochs: int = 2

@@ -259,6 +259,7 @@ _RANGES: list[tuple[str, str, Any]] = [
     ("ppo.kl_coef", ">= 0", lambda v: v >= 0),
     ("ppo.clip_range", "> 0", lambda v: v > 0),
     ("ppo.value_clip", "> 0", lambda v: v > 0),
+    ("ppo.value_coef", ">= 0", lambda v: v >= 0),
     ("ppo.gamma", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
     ("ppo.lam", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
     ("ppo.ppo_epochs", ">= 1", lambda v: v >= 1),
@@ -338,6 +339,8 @@ def _validate(cfg: Config) -> None:
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
         (cfg.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be 'constant' or 'linear'"),
         (cfg.ppo.precision in ("auto", "fp32"), "ppo.precision must be 'auto' or 'fp32'"),
+        (cfg.ppo.critic in ("separate", "shared"), f"ppo.critic={cfg.ppo.critic!r} is not a critic: it must be "
+         "'separate' (its own LoRA adapter) or 'shared' (a value head on the policy's hidden states)"),
         (cfg.ppo.trainer in ("ours", "trl-grpo"), f"ppo.trainer={cfg.ppo.trainer!r} is not a trainer: it must be "
          "'ours' (looper_utils.ppo) or 'trl-grpo' (TRL's GRPOTrainer, looper_utils.ppo.trl_grpo)"),
         (0 <= cfg.ppo.warmup_iterations <= cfg.ppo.iterations,

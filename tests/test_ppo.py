@@ -78,14 +78,14 @@ def test_gradients_reach_value_head_not_base(setup, tmp_path):
     assert all(p.grad is None for n, p in tr.pv.model.named_parameters() if f".{POLICY}." in n)
 
 
-@pytest.mark.parametrize("advantage", ["gae", "group"])
-def test_resume_matches_straight_run(setup, tmp_path, advantage):
-    straight = _trainer(setup, tmp_path / "s", advantage=advantage)
+@pytest.mark.parametrize("advantage,critic", [("gae", "separate"), ("group", "separate"), ("gae", "shared")])
+def test_resume_matches_straight_run(setup, tmp_path, advantage, critic):
+    straight = _trainer(setup, tmp_path / "s", advantage=advantage, critic=critic)
     hist_s = straight.train(iterations=3)
-    part = _trainer(setup, tmp_path / "r", advantage=advantage)
+    part = _trainer(setup, tmp_path / "r", advantage=advantage, critic=critic)
     part.train(iterations=3, stop_after=2)
     assert json.loads((tmp_path / "r" / "ppo_log.jsonl").read_text().splitlines()[-1])["iteration"] == 2
-    resumed = _trainer(setup, tmp_path / "r", advantage=advantage)  # a fresh process would build this
+    resumed = _trainer(setup, tmp_path / "r", advantage=advantage, critic=critic)  # a fresh process would build this
     hist_r = resumed.train(iterations=3)
     assert [h["iteration"] for h in hist_r] == [1, 2, 3]
     for a, b in zip(hist_s, hist_r):
@@ -361,3 +361,73 @@ def test_the_rollout_engine_is_made_once(setup, tmp_path, monkeypatch):
     tr.sample(1)
     assert len(made) == 1 and tr._engine is not None
     assert len(first.samples) == tr.p.prompts_per_iter * tr.p.k
+
+
+def _count_decoder_passes(tr, monkeypatch) -> list[int]:
+    """A list that grows by one at each forward of the shared base's decoder."""
+    calls: list[int] = []
+    inner = tr.pv.model.get_base_model().model
+    forward = inner.forward
+    monkeypatch.setattr(inner, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    return calls
+
+
+def test_shared_critic_reads_the_policy_in_one_pass(setup, tmp_path, monkeypatch):
+    tr = _trainer(setup, tmp_path / "sc", advantage="gae", critic="shared", minibatch_size=4)
+    assert not [n for n, _ in tr.pv.model.named_parameters() if f".{VALUE}." in n]  # no value adapter
+    assert tr.value_params == list(tr.pv.value_head.parameters())
+    roll = tr.sample(0)
+    scored = tr.score(roll)
+    n_mb = -(-len(roll.samples) // 4)
+    calls = _count_decoder_passes(tr, monkeypatch)
+    adv = tr.advantages(roll, scored)
+    assert len(calls) == 2 * n_mb  # policy log-probs and values together, then the reference
+    with torch.no_grad():
+        b = roll.batch
+        values = tr.pv.values(b.input_ids, b.attention_mask) * b.mask
+        logp = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask, mask=b.mask,
+                                    temperature=tr.p.temperature)[0]
+    assert torch.allclose(adv.old["values"], values, atol=1e-5)
+    assert torch.allclose(adv.old["logp"], logp, atol=1e-5)
+    calls.clear()
+    stats = tr.update(roll, adv)
+    assert len(calls) == tr.p.ppo_epochs * n_mb  # one pass per minibatch for both losses
+    assert stats["value_loss"] > 0
+    with pytest.raises(ValueError, match="critic='shared'"):
+        tr.pv.forward_roles(REF, b.input_ids, b.attention_mask, with_values=True)
+
+
+def test_separate_critic_takes_its_own_passes(setup, tmp_path, monkeypatch):
+    tr = _trainer(setup, tmp_path / "sp", advantage="gae", critic="separate", minibatch_size=4)
+    roll = tr.sample(0)
+    scored = tr.score(roll)
+    n_mb = -(-len(roll.samples) // 4)
+    calls = _count_decoder_passes(tr, monkeypatch)
+    adv = tr.advantages(roll, scored)
+    assert len(calls) == 3 * n_mb
+    calls.clear()
+    tr.update(roll, adv)
+    assert len(calls) == 2 * tr.p.ppo_epochs * n_mb
+
+
+def test_shared_value_loss_trains_the_policy_adapter_by_value_coef(setup, tmp_path):
+    def change_after_update(coef, name):
+        tr = _trainer(setup, tmp_path / name, advantage="gae", critic="shared", value_coef=coef)
+        roll = tr.sample(0)
+        adv = tr.advantages(roll, tr.score(roll))
+        adv.adv.zero_()  # no policy signal at all: only the value loss can move the policy adapter
+        before = {k: v for k, v in tr.pv.trainable_state().items() if f".{POLICY}." in k}
+        head0 = tr.pv.value_head.weight.detach().clone()
+        tr.update(roll, adv)
+        after = {k: v for k, v in tr.pv.trainable_state().items() if f".{POLICY}." in k}
+        return (max(float((after[k] - before[k]).abs().max()) for k in before),
+                float((tr.pv.value_head.weight - head0).abs().max()))
+
+    assert change_after_update(0.0, "c0") == (0.0, 0.0)  # value_coef 0: the critic is not trained at all
+    policy, head = change_after_update(1.0, "c1")
+    assert policy > 1e-6 and head > 1e-6
+
+
+def test_critic_must_be_known():
+    with pytest.raises(ValueError, match="ppo.critic='both' is not a critic"):
+        config.build("smoke", stage="ppo", critic="both")

@@ -17,7 +17,8 @@ One iteration:
    ``group`` (GRPO-style reward normalised per prompt, no critic; the KL
    then enters the loss through the k3 estimator);
 6. PPO epochs over shuffled minibatches: clipped policy loss, clipped value
-   loss, optional entropy bonus, gradient clipping;
+   loss, optional entropy bonus, gradient clipping (with ``ppo.critic="shared"``
+   one forward and one backward give both losses);
 7. the bandit is paid each arm's learning signal p(1-p);
 8. metrics; then ``PPOTrainer.train`` logs them as one JSON line, runs the periodic
    greedy dev eval and writes a checkpoint (``ppo.trainer``).
@@ -109,8 +110,15 @@ class PPOIteration:
         with torch.no_grad():
             for s in range(0, len(b.input_ids), mb):
                 ids, att, m, _ = minibatch(b, slice(s, s + mb))
+                done: dict[str, torch.Tensor] = {}
+                if self.pv.shared_critic and "logp" in roles and "values" in roles:  # one pass for both
+                    logp, _, v = self.pv.forward_roles(POLICY, ids, att, mask=m, temperature=self.p.temperature,
+                                                       with_values=True)
+                    done = {"logp": logp, "values": v * m}
                 for role in roles:
-                    if role == "values":
+                    if role in done:
+                        x = done[role]
+                    elif role == "values":
                         x = self.pv.values(ids, att) * m
                     else:
                         x = self.pv.token_logprobs(POLICY if role == "logp" else REF, ids, att, mask=m,
@@ -293,22 +301,30 @@ class PPOIteration:
                 idx = perm[s:s + p.minibatch_size].to(self.device)
                 ids, att, m, width = minibatch(b, idx)
                 cut = lambda x: x[idx][:, :width - 1]  # noqa: E731 - the minibatch's rows and columns
-                logp, ent = self.pv.token_logprobs(POLICY, ids, att, with_entropy=True, mask=m,
-                                                   temperature=self.p.temperature)
+                shared = p.advantage == "gae" and self.pv.shared_critic  # one forward, one backward for both
+                logp, ent, v = self.pv.forward_roles(POLICY, ids, att, with_entropy=True, mask=m,
+                                                     temperature=self.p.temperature, with_values=shared)
                 old_logp = cut(old["logp"])
                 pl, clipfrac = policy_loss(logp, old_logp, cut(adv), m, p.clip_range)
                 loss = pl - p.ent_coef * masked_mean(ent, m)
                 if p.advantage == "group" and p.kl_coef > 0:
                     loss = loss + p.kl_coef * masked_mean(kl_k3(logp, cut(old["ref"])), m)
+                if shared:
+                    vl = value_loss(v, cut(old["values"]), cut(ret), m, p.value_clip)
+                    loss = loss + p.value_coef * vl
+                    self.opt_v.zero_grad(set_to_none=True)
+                    agg["value_loss"].append(vl.detach())
                 self.opt_pi.zero_grad(set_to_none=True)
                 loss.backward()
                 self._step(self.opt_pi, self.sched_pi, self.policy_params)
+                if shared:
+                    self._step(self.opt_v, self.sched_v, self.value_params)
                 with torch.no_grad():
                     agg["policy_loss"].append(pl.detach())
                     agg["clipfrac"].append(clipfrac.detach())
                     agg["entropy"].append(masked_mean(ent, m))
                     agg["approx_kl"].append(masked_mean(0.5 * (logp - old_logp) ** 2, m))
-                if p.advantage == "gae":
+                if p.advantage == "gae" and not shared:
                     with self.pv.use(VALUE):  # backward inside: checkpointing re-runs the value forward
                         v = self.pv.values(ids, att)
                         vl = value_loss(v, cut(old["values"]), cut(ret), m, p.value_clip)

@@ -10,7 +10,11 @@ rewards, so the PPO models are ours, on transformers + PEFT:
   starts at zero (so the policy starts as the SFT model); over a pretrained
   base it is loaded from the SFT adapter;
 - ``value``: a second trainable LoRA adapter plus a scalar head on the last
-  hidden state;
+  hidden state (``ppo.critic="separate"``, the default), or the head alone on
+  the policy's own last hidden state (``ppo.critic="shared"``: one forward
+  gives log-probs and values, and the value loss, weighted by
+  ``ppo.value_coef``, also trains the policy adapter; TRL's former
+  ``AutoModelForCausalLMWithValueHead`` did the same);
 - reference = the SFT weights, frozen: the adapters disabled over a fully
   fine-tuned SFT model, or a frozen copy of the SFT adapter (``ref``).
 
@@ -99,7 +103,9 @@ class PolicyValue(nn.Module):
         model, tokenizer, ref_mode = load_policy_base(cfg, device, bf16=self.bf16)
         if ref_mode == "adapter":
             model.load_adapter(modeling.sft_dir(cfg), adapter_name=REF, is_trainable=False)
-        model.add_adapter(VALUE, _lora(cfg))
+        self.shared_critic = cfg.ppo.critic == "shared"
+        if not self.shared_critic:
+            model.add_adapter(VALUE, _lora(cfg))
         model.set_adapter(POLICY)
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
         if cfg.ppo.gradient_checkpointing:
@@ -140,6 +146,11 @@ class PolicyValue(nn.Module):
                                          if k.startswith("value_head.")})
 
     # -- forwards ---------------------------------------------------------------
+    @property
+    def value_adapter(self) -> str:
+        """The adapter the critic runs with: its own, or the policy's when the critic is shared."""
+        return POLICY if self.shared_critic else VALUE
+
     @contextlib.contextmanager
     def use(self, adapter: str):
         """Run the shared base with one role's weights (re-entrant).
@@ -174,6 +185,17 @@ class PolicyValue(nn.Module):
         ([B, L-1], e.g. ``Batch.mask``) picks the positions computed, by default every position whose
         token is real (attention mask 1); the others are 0.
         """
+        logp, ent, _ = self.forward_roles(adapter, input_ids, attention_mask, with_entropy, temperature, mask)
+        return logp, ent
+
+    def forward_roles(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
+                      with_values: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``token_logprobs``, plus the values of the same forward when ``with_values`` (shared critic only:
+        the value head reads the policy's hidden states). One pass over the base instead of two."""
+        if with_values and not (self.shared_critic and adapter == POLICY):
+            raise ValueError("log-probs and values come from one forward only with ppo.critic='shared' "
+                             "and the policy adapter")
         with self.use(adapter), self.autocast():
             lm = self.model.get_base_model()
             hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -192,11 +214,12 @@ class PolicyValue(nn.Module):
         if with_entropy:
             ent = torch.zeros(sel.shape, dtype=torch.float32, device=input_ids.device)
             ent = ent.masked_scatter(sel, torch.cat([p[1] for p in parts])) if parts else ent
-        return logp, ent
+        values = self.value_head(hidden[:, :-1].float()).squeeze(-1) if with_values else None
+        return logp, ent, values
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """V(prefix) at the state before each token t >= 1, shape [B, L-1]."""
-        with self.use(VALUE), self.autocast():
+        with self.use(self.value_adapter), self.autocast():
             inner = self.model.get_base_model().model  # the decoder without the LM head
             hidden = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden[:, :-1].float()).squeeze(-1)
