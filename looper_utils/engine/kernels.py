@@ -21,7 +21,9 @@ Sampling follows transformers' warpers in their order (temperature, top-k,
 top-p, with HF's tie and boundary rules). ``sample_tokens`` draws with the
 exponential race ``argmax(p / E)``, ``E ~ Exp(1)``: exactly categorical(p), as
 ``torch.multinomial`` does for one sample, minus its host-syncing check.
-``gumbel_sample`` does plain temperature sampling in one pass over the logits.
+``gumbel_sample`` does plain temperature sampling in one pass over the logits;
+top-p on the fused path is ``engine.top_p.top_p_sample`` (this draw restricted
+to the nucleus, whose threshold is found without a sort).
 The Triton kernels run on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations

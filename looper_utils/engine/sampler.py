@@ -43,6 +43,7 @@ import torch
 from . import kernels as ek
 from .forward import CachedForward
 from .model_parts import fusable, parts, state_key
+from .top_p import top_p_ready, top_p_sample
 
 
 @dataclass
@@ -299,12 +300,16 @@ class Engine(CachedForward):
         self._n = n
 
     def _next_token(self, logits, temperature, top_p, top_k, generator) -> torch.Tensor:
-        """HF-equivalent next token; plain temperature sampling takes the one-pass Gumbel kernel when fused."""
+        """HF-equivalent next token; when fused, plain sampling takes the one-pass Gumbel kernel and top-p
+        (without top-k) the sort-free threshold search of ``engine.top_p``, neither syncing with the host."""
         if temperature <= 0.0:
             return logits.argmax(dim=-1)  # argmax of bf16 logits == argmax of their exact float32 copy
-        if self.fused and top_p >= 1.0 and top_k == 0 and logits.numel() < 2**31:
+        if (self.fused and top_k == 0 and logits.numel() < 2**31
+                and (top_p >= 1.0 or top_p_ready(self.device))):  # the top-p kernel's check runs once
             seed = torch.randint(0, 2**31 - 1, (1,), device=self.device, generator=generator)
-            return ek.gumbel_sample(logits, temperature, seed)
+            if top_p >= 1.0:
+                return ek.gumbel_sample(logits, temperature, seed)
+            return top_p_sample(logits, temperature, top_p, seed)
         return ek.sample_tokens(logits.float(), temperature, top_p, top_k, generator)
 
     def _sample(self, ids, mask, n_new, temperature, top_p, top_k, eos, pad, generator) -> EngineOutput:
