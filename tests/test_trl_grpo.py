@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from looper_utils import config, evaluation, generation, modeling, ppo, prompts
-from looper_utils.ppo import trl_grpo
+from looper_utils.ppo import trainer as ppo_trainer, trl_grpo
 from looper_utils.ppo.resume import SIGNATURE_NAME, resume_signature, state_problem
 from looper_utils.regime_w.reward import reward
 from looper_utils.regime_w.scoring import score
@@ -14,13 +14,26 @@ from looper_utils.regime_w.scoring import score
 from _tiny import tiny_ppo_project
 
 
+def _policy_lora_b(model) -> float:
+    return sum(float(p.detach().abs().sum()) for n, p in model.named_parameters() if "lora_B" in n and ".default." in n)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Two rounds of GRPO (4 prompts x k=2), every call of the reward recorded."""
+    """Two rounds of GRPO (4 prompts x k=2) with a dev check after each; every call of the reward and of the
+    greedy dev check recorded."""
     cfg, train, dev = tiny_ppo_project(tmp_path_factory.mktemp("grpo_root"), 120, 100, iterations=2,
                                        prompts_per_iter=4, k=2, max_new_tokens=16, minibatch_size=4, n_dev=8,
                                        ppo_epochs=1, learning_rate=5e-3, kl_coef=0.05, device="cpu",
-                                       trainer="trl-grpo")
+                                       trainer="trl-grpo", eval_every=1)
+    checks = []
+    check = ppo_trainer.greedy_dev_check
+
+    def recording_check(cfg_, model, tok, rows):
+        seen = {"training": model.training, "lora_b": _policy_lora_b(model), "model": model}
+        acc, records = check(cfg_, model, tok, rows)
+        checks.append({**seen, "acc": acc, "texts": [r["completion"] for r in records]})
+        return acc, records
     earlier = ppo.ppo_dir(cfg) / "best"
     earlier.mkdir(parents=True)
     (earlier / "looper_state.json").write_text("{}")
@@ -33,14 +46,16 @@ def run(tmp_path_factory):
         def regime_w(completions, gold, completion_ids, **kw):
             out = f(completions=completions, gold=gold, completion_ids=completion_ids, **kw)
             calls.append({"completions": list(completions), "gold": list(gold),
-                          "ids": [list(i) for i in completion_ids], "rewards": list(out)})
+                          "ids": [list(i) for i in completion_ids], "rewards": list(out),
+                          "model_training": checks[-1]["model"].training})
             return out
         return regime_w
 
     with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning, match="trainer='trl-grpo' does not continue"):
         mp.setattr(trl_grpo, "regime_w_reward", recording)
+        mp.setattr(ppo_trainer, "greedy_dev_check", recording_check)
         metrics = trl_grpo.train_trl_grpo(cfg, train, dev, progress=False)
-    return cfg, train, dev, metrics, calls
+    return cfg, train, dev, metrics, calls, checks
 
 
 def test_config_refuses_an_unknown_trainer():
@@ -81,7 +96,7 @@ def test_reward_is_regime_w_on_a_handmade_completion():
 
 
 def test_two_steps_run_with_regime_w_on_our_rows(run):
-    cfg, train, _, m, calls = run
+    cfg, train, _, m, calls, _ = run
     assert m["trainer"] == "trl-grpo" and m["iterations"] == 2 and m["completions_sampled"] == 2 * 4 * 2
     assert m["optimizer_steps"] == trl_grpo.grpo_batch(cfg)["max_steps"] == 4
     assert m["seconds"] > 0 and m["n_dev"] == 8 and len(m["reward_curve"]) == 2
@@ -101,7 +116,7 @@ def test_two_steps_run_with_regime_w_on_our_rows(run):
 
 
 def test_adapter_is_saved_where_06_reads_ppo_and_loads(run):
-    cfg, _, _, _, _ = run
+    cfg, _, _, _, _, _ = run
     out = ppo.ppo_dir(cfg)
     last = out / "last"
     assert not (out / "best").exists() and (out.parent / "ppo.previous" / "best").is_dir()  # an earlier best set aside
@@ -123,10 +138,41 @@ def test_adapter_is_saved_where_06_reads_ppo_and_loads(run):
 
 
 def test_trl_tokenizes_the_prompt_as_our_ppo(run):
-    cfg, train, _, _, _ = run
+    cfg, train, _, _, _, _ = run
     _, tok = modeling.load_checkpoint(modeling.sft_dir(cfg), torch.device("cpu"))
     ds = trl_grpo.grpo_dataset(train[:5], tok, cfg.model.prompt_style)
     assert ds.column_names == ["prompt", "gold", "id"]
     for row, r in zip(ds, train[:5]):
         want = prompts.encode_prompt(tok, prompts.build_prompt(r["question"], tok, cfg.model.prompt_style))
         assert tok(row["prompt"])["input_ids"] == want and row["gold"] == str(r["gold"])
+
+
+def test_dev_checks_run_at_our_cadence_on_the_training_policy(run):
+    cfg, _, dev, m, calls, checks = run
+    # before training (SFT), after round 1, after round 2; the last round's check is the final accuracy
+    assert len(checks) == 3 and [c["acc"] for c in checks] == [m["dev_accuracy_sft"], *(
+        c["dev_accuracy"] for c in m["dev_curve"])] and m["dev_accuracy_ppo"] == checks[-1]["acc"]
+    assert [(c["iteration"], c["step"]) for c in m["dev_curve"]] == [(1, 2), (2, 4)]  # 2 optimiser steps a round
+    assert not any(c["training"] for c in checks)  # greedy checks run in eval mode
+    assert checks[0]["lora_b"] == 0 and 0 < checks[1]["lora_b"] != checks[2]["lora_b"]  # the policy as it trains
+    assert [c["model_training"] for c in calls] == [True, True]  # each round sampled in train mode after a check
+    assert all(len(c["gold"]) == 8 for c in calls)  # still one generation batch per round, not eval batches
+    # the last check saw the saved policy: the same greedy completions from the adapter read back from disk
+    model, tok = ppo.load_ppo_policy(cfg, ppo.ppo_dir(cfg) / "last", torch.device("cpu"))
+    acc, records = ppo_trainer.greedy_dev_check(cfg, model, tok, dev[:cfg.ppo.n_dev])
+    assert acc == m["dev_accuracy_ppo"] and [r["completion"] for r in records] == checks[-1]["texts"]
+
+
+def test_dev_check_time_is_kept_apart_from_training_time(run):
+    cfg, _, _, m, _, _ = run
+    curve = m["dev_curve"]
+    assert all(c["dev_seconds"] > 0 for c in curve)
+    assert 0 < curve[0]["train_seconds"] < curve[1]["train_seconds"] < curve[1]["seconds"] <= m["seconds"]
+    for i, c in enumerate(curve):  # wall time since training began = training + every check so far
+        assert c["seconds"] == pytest.approx(c["train_seconds"] + sum(x["dev_seconds"] for x in curve[:i + 1]))
+    assert m["dev_check_seconds"] == pytest.approx(sum(c["dev_seconds"] for c in curve))
+    assert m["train_seconds"] == pytest.approx(m["seconds"] - m["dev_check_seconds"])
+    log = [json.loads(x) for x in (ppo.ppo_dir(cfg) / trl_grpo.LOG_NAME).read_text().splitlines()]
+    assert [h["iteration"] for h in log] == [1, 2]
+    assert [(h["dev_accuracy"], h["train_seconds"]) for h in log] == [(c["dev_accuracy"], c["train_seconds"])
+                                                                      for c in curve]

@@ -26,6 +26,10 @@ What maps to what (TRL 1.16 ``GRPOConfig``; TRL counts completions, not prompts,
 What does not map: the bandit (TRL draws the prompts uniformly, shuffled), the critic (``gae``), the
 rollout engine (TRL samples with Hugging Face ``generate``), resume, several processes.
 
+The greedy dev check runs at our cadence: after every ``ppo.eval_every`` rounds of sampling (every
+``eval_every * steps_per_iteration`` optimiser steps) and after the last, timed apart from training
+(``dev_curve`` in the metrics, ``dev_accuracy`` on the round's line of the log).
+
 The result goes where 06 reads ours: ``checkpoints/ppo/last`` holds the policy adapter, the config, the
 state and the resume signature; no trainer state, so our PPO never continues it (it sets it aside).
 """
@@ -158,12 +162,61 @@ def _progress_lines(total: int, per_iteration: int):
 
 
 def _dev_check(cfg: Config, model, tokenizer, rows: list[dict]) -> tuple[float, list[bool]]:
-    """Greedy dev accuracy and per-problem flags with the check ``PPOTrainer.dev_accuracy`` uses."""
+    """Greedy dev accuracy and per-problem flags with the check ``PPOTrainer.dev_accuracy`` uses; the model
+    is left in the mode it was in (TRL reads ``model.training`` to tell training from evaluation)."""
     from .trainer import greedy_dev_check
 
+    training = model.training
     model.eval()
-    acc, records = greedy_dev_check(cfg, model, tokenizer, rows)
+    try:
+        acc, records = greedy_dev_check(cfg, model, tokenizer, rows)
+    finally:
+        model.train(training)
     return acc, [bool(r["correct"]) for r in records]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _dev_checks(cfg: Config, model, tokenizer, rows: list[dict], per_iteration: int, progress: bool):
+    """A Trainer callback running ``_dev_check`` where ``PPOTrainer.train`` runs it: after every
+    ``ppo.eval_every`` rounds of sampling (``per_iteration`` optimiser steps each) and after the last.
+
+    ``curve`` gets one record per check: ``iteration`` (rounds done), ``step``, ``dev_accuracy``,
+    ``train_seconds`` (since training began, less every dev check's time), ``dev_seconds`` (this check's)
+    and ``seconds`` (since training began, checks included); ``flags`` are the last check's."""
+    from transformers import TrainerCallback
+
+    every = cfg.ppo.eval_every * per_iteration
+
+    class DevChecks(TrainerCallback):
+        def __init__(self) -> None:
+            self.curve, self.flags, self.t0, self.dev_seconds = [], None, time.perf_counter(), 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            _sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if not every or (step % every and step != state.max_steps):
+                return
+            _sync()
+            start = time.perf_counter()
+            acc, self.flags = _dev_check(cfg, kwargs.get("model", model), tokenizer, rows)
+            _sync()
+            end = time.perf_counter()
+            self.curve.append({"iteration": step // per_iteration, "step": step, "dev_accuracy": acc,
+                               "train_seconds": start - self.t0 - self.dev_seconds, "dev_seconds": end - start,
+                               "seconds": end - self.t0})
+            self.dev_seconds += end - start
+            if progress:
+                print(progress_line("grpo dev check", len(self.curve), -(-state.max_steps // every), self.t0,
+                                    f"iteration {step // per_iteration}, dev {acc:.3f}"), flush=True)
+
+    return DevChecks()
 
 
 def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], out_dir: Path | None = None,
@@ -171,7 +224,8 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
     """Train the policy adapter with TRL's ``GRPOTrainer`` on Regime W; save it where 06 reads ours.
 
     Returns the metrics 05 saves: dev accuracy before and after (with intervals and the paired test),
-    wall time, optimiser steps, rounds of sampling and completions sampled, TRL's reward and KL.
+    the periodic dev checks (``dev_curve``), wall time with and without them (``seconds``,
+    ``train_seconds``), optimiser steps, rounds of sampling, completions sampled, TRL's reward and KL.
     """
     from trl import GRPOTrainer
 
@@ -192,12 +246,21 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
     sft_acc, sft_flags = _dev_check(cfg, model, tokenizer, dev)
 
     b = grpo_batch(cfg)
+    scored = [0]  # completions the reward saw: every one TRL sampled
+    regime_w = regime_w_reward(cfg, think, stop_token_ids(model, tokenizer))
+
+    def counted(completions: list, **kw: Any) -> list[float]:
+        scored[0] += len(completions)
+        return regime_w(completions=completions, **kw)
+
+    counted.__name__ = regime_w.__name__  # TRL names the reward's metrics after it
+    checks = _dev_checks(cfg, model, tokenizer, dev, b["steps_per_iteration"], progress)
     with tempfile.TemporaryDirectory(prefix="trl-grpo-") as work:
         args = make_grpo_config(cfg, Path(work), device, progress)
-        callbacks = [_progress_lines(cfg.ppo.iterations, b["steps_per_iteration"])] if progress else []
-        trainer = GRPOTrainer(model=model, reward_funcs=regime_w_reward(cfg, think, stop_token_ids(model, tokenizer)),
-                              args=args, train_dataset=grpo_dataset(train_rows, tokenizer, cfg.model.prompt_style),
-                              processing_class=tokenizer, callbacks=callbacks)
+        callbacks = [checks] + ([_progress_lines(cfg.ppo.iterations, b["steps_per_iteration"])] if progress else [])
+        trainer = GRPOTrainer(model=model, reward_funcs=counted, args=args, processing_class=tokenizer,
+                              train_dataset=grpo_dataset(train_rows, tokenizer, cfg.model.prompt_style),
+                              callbacks=callbacks)
         if cfg.ppo.report_to == "tensorboard":
             from ..sft import point_tensorboard
             from ..sft_setup import tracking_dir
@@ -208,8 +271,15 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
         seconds = time.perf_counter() - t0
     model = trainer.model
     model.set_adapter(ADAPTER)  # the reference adapter ("ref") is never the policy
-    ppo_acc, ppo_flags = _dev_check(cfg, model, tokenizer, dev)
-    log = [{k: v for k, v in h.items()} for h in trainer.state.log_history if "reward" in h]
+    curve = checks.curve
+    if curve and curve[-1]["step"] == trainer.state.global_step:  # the last round's check is the final one
+        ppo_acc, ppo_flags = curve[-1]["dev_accuracy"], checks.flags
+    else:
+        ppo_acc, ppo_flags = _dev_check(cfg, model, tokenizer, dev)
+    at_step = {c["step"]: c for c in curve}
+    log = [{**h, "iteration": h["step"] // b["steps_per_iteration"],
+            **{k: v for k, v in at_step.get(h["step"], {}).items() if k != "step"}}
+           for h in trainer.state.log_history if "reward" in h]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / LOG_NAME, "".join(json.dumps(h) + "\n" for h in log))
     # <out>/last as PPOTrainer.save lays it out, less the trainer state (nothing to resume)
@@ -223,8 +293,9 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
         "dev_ci95_sft": list(sft_ci[1:]), "dev_ci95_ppo": list(ppo_ci[1:]), "n_dev": len(ppo_flags),
         "paired": stats.paired_comparison(ppo_flags, sft_flags, seed=cfg.seed), "iterations": cfg.ppo.iterations,
         "optimizer_steps": int(trainer.state.global_step), "prompts_per_iter": cfg.ppo.prompts_per_iter,
-        "k": cfg.ppo.k, "completions_sampled": cfg.ppo.iterations * b["generation_batch_size"],
-        "seconds": seconds, "seconds_per_iteration": seconds / cfg.ppo.iterations,
+        "k": cfg.ppo.k, "completions_sampled": scored[0], "seconds": seconds,
+        "train_seconds": seconds - checks.dev_seconds, "dev_check_seconds": checks.dev_seconds,
+        "seconds_per_iteration": (seconds - checks.dev_seconds) / cfg.ppo.iterations, "dev_curve": curve,
         "reward_first": rewards[0] if rewards else math.nan, "reward_last": rewards[-1] if rewards else math.nan,
         "reward_curve": [round(r, 4) for r in rewards],
         "kl_last": float(log[-1].get("kl", math.nan)) if log else math.nan,
