@@ -176,3 +176,13 @@ def test_dev_check_time_is_kept_apart_from_training_time(run):
     assert [h["iteration"] for h in log] == [1, 2]
     assert [(h["dev_accuracy"], h["train_seconds"]) for h in log] == [(c["dev_accuracy"], c["train_seconds"])
                                                                       for c in curve]
+
+
+def test_dev_checks_generate_as_trl_samples_not_with_the_engine(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(ppo_trainer, "greedy_dev_check",
+                        lambda cfg, model, tok, rows: seen.append(cfg.rollouts.backend) or (0.5, [{"correct": True}]))
+    cfg = config.build("smoke", stage="rollouts", root=str(tmp_path), backend="engine")
+    model = torch.nn.Linear(2, 2).train()
+    assert trl_grpo._dev_check(cfg, model, None, []) == (0.5, [True])
+    assert seen == ["hf"] and model.training  # the mode TRL left is restored

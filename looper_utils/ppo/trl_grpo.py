@@ -163,13 +163,17 @@ def _progress_lines(total: int, per_iteration: int):
 
 def _dev_check(cfg: Config, model, tokenizer, rows: list[dict]) -> tuple[float, list[bool]]:
     """Greedy dev accuracy and per-problem flags with the check ``PPOTrainer.dev_accuracy`` uses; the model
-    is left in the mode it was in (TRL reads ``model.training`` to tell training from evaluation)."""
+    is left in the mode it was in (TRL reads ``model.training`` to tell training from evaluation).
+
+    The check generates with Hugging Face ``generate``, as TRL samples, never with the rollout engine: on an
+    H200 the engine's CUDA-graph capture failed in TRL's process, and the failed capture left CUDA's random
+    generator unusable for the ``torch.multinomial`` of TRL's next sampling round."""
     from .trainer import greedy_dev_check
 
     training = model.training
     model.eval()
     try:
-        acc, records = greedy_dev_check(cfg, model, tokenizer, rows)
+        acc, records = greedy_dev_check(cfg.override(stage="rollouts", backend="hf"), model, tokenizer, rows)
     finally:
         model.train(training)
     return acc, [bool(r["correct"]) for r in records]
