@@ -83,6 +83,9 @@ class SFTStageConfig:
     grad_accum: int = 1
     max_length: int = 256
     packing: bool = False
+    # liger-kernel's fused RMSNorm, SwiGLU, RoPE and linear + cross-entropy, on a GPU where the package is
+    # installed (the `gpu` extra) and the model is trained in full precision; measured in docs/benchmarks.md
+    liger: bool = True
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     n_train: int = 0  # 0 = every training row

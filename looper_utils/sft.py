@@ -163,7 +163,9 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
                 atomic_write_json(work / "looper_signature.json", signature)
     args = make_sft_config(cfg, work, device, progress and main)
     with explain_disk_full(work, "training SFT and saving its Trainer checkpoints"):
-        with quiet_progress():
+        with quiet_progress(), warnings.catch_warnings():
+            # TRL 1.x asks for hub kernels instead of use_liger_kernel; those need the network (sft_setup.use_liger)
+            warnings.filterwarnings("ignore", message=".*use_liger_kernel.*", category=FutureWarning)
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[_share_checkpoints(), _progress_lines()])
             point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))

@@ -431,3 +431,13 @@ def test_shared_value_loss_trains_the_policy_adapter_by_value_coef(setup, tmp_pa
 def test_critic_must_be_known():
     with pytest.raises(ValueError, match="ppo.critic='both' is not a critic"):
         config.build("smoke", stage="ppo", critic="both")
+
+
+def test_resume_signature_names_the_critic_only_when_shared(setup):
+    from looper_utils.ppo.resume import resume_signature
+
+    cfg, train, _ = setup
+    sig = resume_signature(cfg, train)["ppo"]
+    assert "critic" not in sig and "value_coef" not in sig  # states saved before the fields still resume
+    shared = resume_signature(cfg.override(stage="ppo", critic="shared", value_coef=0.5), train)["ppo"]
+    assert shared["critic"] == "shared" and shared["value_coef"] == 0.5

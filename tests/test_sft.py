@@ -129,3 +129,21 @@ def test_data_loader_workers_only_on_a_gpu(tmp_path, monkeypatch):
     assert sft_setup.loader_workers(torch.device("cuda")) == 4
     monkeypatch.setattr(sft_setup.os, "cpu_count", lambda: 2)
     assert sft_setup.loader_workers(torch.device("cuda")) == 1
+
+
+def test_liger_kernels_only_on_a_gpu_for_a_full_precision_model(tmp_path, monkeypatch):
+    import importlib.util
+
+    from looper_utils import config, sft_setup
+
+    cfg = _tiny.tiny_cfg(tmp_path)
+    assert not sft.make_sft_config(cfg, tmp_path / "work", torch.device("cpu")).use_liger_kernel
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
+    gpu = torch.device("cuda")
+    demo = config.build("demo", stage="sft")
+    assert sft_setup.use_liger(demo, gpu) and not sft_setup.use_liger(demo, torch.device("cpu"))
+    assert not sft_setup.use_liger(config.build("demo", stage="sft", liger=False), gpu)
+    assert not sft_setup.use_liger(config.build("full", stage="sft"), gpu)  # LoRA over a pretrained base
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
+    assert not sft_setup.use_liger(demo, gpu)  # not installed: the stock kernels

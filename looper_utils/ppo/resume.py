@@ -40,9 +40,12 @@ RESUME_FREE = ("iterations", "eval_every", "n_dev", "save_every", "resume", "rep
 
 def resume_signature(cfg: Config, train_rows: list[dict]) -> dict[str, Any]:
     """What must match for a saved PPO state to be continued."""
-    # trainer="ours" is left out, so the states written before ppo.trainer existed still resume
+    # the defaults of later fields (trainer="ours", critic="separate" and its unused value_coef) are left
+    # out, so the states written before those fields existed still resume
+    defaults = {("trainer", "ours"), ("critic", "separate")}
     ppo = {k: v for k, v in dataclasses.asdict(cfg.ppo).items()
-           if k not in RESUME_FREE and (k, v) != ("trainer", "ours")}
+           if k not in RESUME_FREE and (k, v) not in defaults
+           and not (k == "value_coef" and cfg.ppo.critic == "separate")}
     return {"seed": cfg.seed, "model": model_identity(cfg), "ppo": ppo, "reward": dataclasses.asdict(cfg.reward),
             "bandit": dataclasses.asdict(cfg.bandit), "rows": rows_digest(train_rows, ("id", "question")),
             "sft": modeling.weights_digest(modeling.sft_dir(cfg))}
