@@ -13,6 +13,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from looper_utils import engine as eng
 from looper_utils.engine import kernels as ek
 
+from _sampling import assert_draws_follow
+
 PAD = 0
 DIMS = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1, pad_token_id=PAD)
@@ -131,15 +133,7 @@ def test_first_token_distribution_equals_softmax_of_model_logits():
     out = eng.sample(model, ids.expand(n, -1), mask.expand(n, -1), max_new_tokens=1, temperature=temp, top_p=p,
                      pad_token_id=PAD, generator=g)
     counts = torch.bincount(out.sequences[:, 0], minlength=DIMS["vocab_size"]).double()
-    assert counts[target == 0].sum() == 0
-    # pool rare tokens so every cell expects >= 20 draws
-    common = target * n >= 20
-    obs = torch.cat([counts[common], counts[~common].sum()[None]])
-    exp = torch.cat([target[common] * n, (target[~common] * n).sum()[None]])
-    chi2 = float(((obs - exp) ** 2 / exp.clamp_min(1e-9)).sum())
-    dof = int(common.sum())
-    assert dof >= 5
-    assert chi2 < dof + 6 * dof ** 0.5 + 10, (chi2, dof)
+    assert_draws_follow(counts, target, n)
 
 
 def test_engine_reused_inside_and_outside_inference_mode():
