@@ -98,18 +98,11 @@ def _profiled(tr, it: int, out: Path) -> dict:
 
 
 def _settings(text: str) -> dict:
-    """``"critic=shared,gradient_checkpointing=False"`` -> PPO config overrides (values as Python literals);
+    """``"critic=shared,gradient_checkpointing=False"`` -> PPO config overrides (the ``-p`` value rules);
     ``liger=True`` applies liger-kernel's fused RMSNorm, SwiGLU and RoPE to the PPO model (bench only)."""
-    import ast
+    from looper_utils.pipeline import parse_params
 
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
+    return parse_params([item for item in text.split(",") if item])
 
 
 def run_ppo(args, results: dict) -> None:
