@@ -11,8 +11,11 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   update), for each ``--ppo-variants`` entry (by default each ``ppo.precision``; e.g.
   ``'new:;shared:critic=shared'``) and for the older code if given. Each
   variant runs in its own process so no memory or compiled state carries over.
-  ``--profile-ppo`` runs each variant's last iteration under ``torch.profiler``
-  (``ppo_profile_<variant>.txt`` beside ``--out``).
+  ``--profile-ppo`` runs each variant's last iteration under ``torch.profiler`` and times the update's
+  parts between GPU synchronisations (policy and critic forwards, each backward, optimiser steps):
+  a summary in the JSON (phases, kernel time by category) and the top kernels in
+  ``ppo_profile_<variant>.txt`` beside ``--out``; ``--profile-steps N`` profiles only the update's first
+  N policy steps (the 8B shape).
 - ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
   last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
   and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
@@ -71,7 +74,8 @@ def ppo_variant(args) -> dict:
         for it in range(args.iterations):
             t = time.perf_counter()
             if args.profile_ppo and it == args.iterations - 1:  # the last iteration, under torch.profiler
-                m = _profiled(tr, it, Path(args.out).parent / f"ppo_profile_{args.variant_name or 'old'}.txt")
+                m, prof = _profiled(tr, it, Path(args.out).parent / f"ppo_profile_{args.variant_name or 'old'}.txt",
+                                    args.profile_steps)
             else:
                 m = tr.iterate(it)
             tr.iteration += 1
@@ -81,20 +85,151 @@ def ppo_variant(args) -> dict:
                         **{k: round(m[k], 3) for k in ("t_generate", "t_score", "t_forward", "t_update")},
                         "response_length": round(m["response_length"], 1), "reward": round(m["reward"], 3)})
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak}
+    return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak,
+            **({"profile": prof} if args.profile_ppo else {})}
 
 
-def _profiled(tr, it: int, out: Path) -> dict:
-    """One ``iterate`` under torch.profiler; the table of the top kernels and ops goes to ``out``."""
+# kernel (GPU) or op (CPU) name fragments -> category, first match wins
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("matrix products", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm",
+                         "aten::matmul", "aten::linear", "splitk")),
+    ("optimiser", ("multi_tensor", "adam", "foreach")),
+    ("reductions, softmax", ("reduce", "softmax", "logsumexp", "norm", "aten::sum", "aten::mean")),
+    ("copies and casts", ("copy", "cast", "aten::to", "cat", "index", "scatter", "gather", "fill", "memset",
+                          "memcpy", "nonzero", "where")),
+    ("elementwise", ("elementwise", "vectorized", "aten::mul", "aten::add", "aten::silu", "aten::div",
+                     "aten::neg", "aten::exp", "aten::pow", "aten::rsqrt", "aten::sub")),
+)
+
+
+def _category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+class _UpdatePhases:
+    """Wall time of each part of PPO's update, each timed between two GPU synchronisations: the forward with
+    the policy adapter (log-probs, and values with a shared critic), the critic's own forward, each backward
+    (named after the forward before it), the optimiser steps; ``rest`` is the update's time outside them.
+    The profiler covers the whole iteration (``profile_steps`` 0) or the update's first ``profile_steps``
+    policy steps (a profile of a long 8B update is too large to read back, and the engine's first CUDA-graph
+    capture is better left outside it)."""
+
+    def __init__(self, tr, prof, profile_steps: int):
+        import torch
+
+        self.tr, self.prof, self.profile_steps, self.torch = tr, prof, profile_steps, torch
+        self.totals: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.in_update, self.last_forward, self.steps, self.profiling = False, "policy", 0, False
+
+    def _sync(self) -> None:
+        if self.torch.cuda.is_available():
+            self.torch.cuda.synchronize()
+
+    def _timed(self, name: str, fn, *a, **k):
+        if not self.in_update:
+            return fn(*a, **k)
+        self._sync()
+        t = time.perf_counter()
+        out = fn(*a, **k)
+        self._sync()
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+    def __enter__(self):
+        torch, tr, pv = self.torch, self.tr, self.tr.pv
+        self.saved = (pv.forward_roles, pv.values, tr._step, tr._update, torch.Tensor.backward)
+        forward_roles, values, step, update, backward = self.saved
+
+        def fwd_policy(*a, **k):
+            self.last_forward = "policy"
+            return self._timed("policy forward", forward_roles, *a, **k)
+
+        def fwd_value(*a, **k):
+            self.last_forward = "critic"
+            return self._timed("critic forward", values, *a, **k)
+
+        def bwd(t, *a, **k):
+            return self._timed(f"{self.last_forward} backward", backward, t, *a, **k)
+
+        def opt_step(opt, *a, **k):
+            out = self._timed("optimiser steps", step, opt, *a, **k)
+            if self.in_update and opt is tr.opt_pi:
+                self.steps += 1
+                if self.profiling and self.profile_steps and self.steps >= self.profile_steps:
+                    self._sync()
+                    self.prof.stop()
+                    self.profiling = False
+            return out
+
+        def upd(*a, **k):
+            self.in_update = True
+            self._sync()
+            if self.profile_steps:
+                self.prof.start()
+                self.profiling = True
+            t = time.perf_counter()
+            try:
+                return update(*a, **k)
+            finally:
+                self._sync()
+                self.update_seconds = time.perf_counter() - t
+                self.in_update = False
+
+        pv.forward_roles, pv.values, tr._step, tr._update = fwd_policy, fwd_value, opt_step, upd
+        torch.Tensor.backward = bwd
+        if not self.profile_steps:
+            self.prof.start()
+            self.profiling = True
+        return self
+
+    def __exit__(self, *exc):
+        pv = self.tr.pv
+        pv.forward_roles, pv.values, self.tr._step, self.tr._update, self.torch.Tensor.backward = self.saved
+        if self.profiling:
+            self.prof.stop()
+
+    def table(self) -> dict:
+        rows = {k: {"seconds": round(v, 3), "calls": self.calls[k]} for k, v in self.totals.items()}
+        rows["rest"] = {"seconds": round(self.update_seconds - sum(self.totals.values()), 3), "calls": 1}
+        return {"update_seconds": round(self.update_seconds, 3), "phases": rows}
+
+
+def _profiled(tr, it: int, out: Path, profile_steps: int = 0) -> tuple[dict, dict]:
+    """One ``iterate`` with the update's phases timed (``_UpdatePhases``) under torch.profiler; returns the
+    metrics and a summary (phases, GPU kernel time by category, GPU-busy share of the profiled wall time).
+    The top kernels and ops go to ``out``."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts) as p:
+    cuda = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+    t0 = time.perf_counter()
+    with _UpdatePhases(tr, prof, profile_steps) as phases:
         m = tr.iterate(it)
-    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    out.write_text(p.key_averages().table(sort_by=key, row_limit=30))
-    return m
+    profiled_wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    if cuda:
+        rows = [(e.key, getattr(e, "self_device_time_total", 0) or e.self_cuda_time_total, e.count)
+                for e in events if e.device_type == DeviceType.CUDA]
+        sort = "self_cuda_time_total"
+    else:  # CPU: the leaf ops' own time
+        rows = [(e.key, e.self_cpu_time_total, e.count) for e in events if e.key.startswith("aten::")]
+        sort = "self_cpu_time_total"
+    by_cat: dict[str, float] = {}
+    for key, us, _ in rows:
+        by_cat[_category(key)] = by_cat.get(_category(key), 0.0) + us / 1e6
+    busy = sum(by_cat.values())
+    summary = {**phases.table(), "profiled": f"the update's first {profile_steps} policy steps" if profile_steps
+               else f"the whole iteration, {profiled_wall:.3f} s",
+               "kernel_seconds_by_category": {k: round(v, 3) for k, v in sorted(by_cat.items(), key=lambda x: -x[1])},
+               "kernel_seconds": round(busy, 3), "kernels" if cuda else "ops": sum(c for _, _, c in rows)}
+    out.write_text(json.dumps(summary, indent=1) + "\n\n" + events.table(sort_by=sort, row_limit=40))
+    return m, summary
 
 
 def _settings(text: str) -> dict:
@@ -115,7 +250,7 @@ def run_ppo(args, results: dict) -> None:
         cmd = [sys.executable, __file__, "--root", args.root, "--profile", args.profile, "--run-id", args.run_id,
                "--iterations", str(args.iterations), "--out", args.out, "--only-ppo-variant", "--set", sets,
                "--variant-name", name]
-        cmd += ["--profile-ppo"] if args.profile_ppo else []
+        cmd += ["--profile-ppo", "--profile-steps", str(args.profile_steps)] if args.profile_ppo else []
         log(f"ppo {name} {sets}")
         t = time.perf_counter()
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
@@ -227,6 +362,9 @@ def main() -> int:
                     help="liger: the default trainer with and without liger-kernel's fused kernels; kernels: "
                          "also length-grouped batches and torch.compile")
     ap.add_argument("--profile-ppo", action="store_true", help="profile each variant's last iteration")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="with --profile-ppo: stop the profiler after this many policy steps of the update (0: "
+                         "the whole iteration); the update's phase times cover all of it")
     ap.add_argument("--ppo-variants", default="new-auto:precision=auto;new-fp32:precision=fp32",
                     help="';'-separated name:key=value,... PPO settings per variant, e.g. "
                          "'new:;shared:critic=shared;nockpt:gradient_checkpointing=False'")
