@@ -182,6 +182,38 @@ def test_gradient_checkpointing_gives_the_same_update(setup, tmp_path):
     assert worst < 0.01
 
 
+def test_an_sft_adapter_trained_with_dropout_runs_without_it_in_ppo(tmp_path):
+    """A LoRA SFT adapter keeps its lora_dropout when loaded; PPO's update runs in train mode, so the
+    dropout must go, or the ratio compares a noisy policy with the one that computed the old log-probs."""
+    from looper_utils.ppo.model import drop_adapter_dropout
+
+    cfg, train, dev = tiny_ppo_project(tmp_path, 40, 30, iterations=1, prompts_per_iter=2, k=2, max_new_tokens=8,
+                                       minibatch_size=4, eval_every=0, n_dev=4, ppo_epochs=1)
+    lora = cfg.override(stage="sft", use_lora=True, model__lora_r=4, model__lora_alpha=8, lora_dropout=0.5)
+    base, tok = modeling.load_policy(cfg, "base", torch.device("cpu"))
+    sft = modeling.apply_lora(base, lora.model)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in sft.modules()) > 0  # what an SFT adapter carries
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    modeling.save_checkpoint(modeling.sft_dir(cfg), sft, tok, lora, stage="sft", step=1)
+    tr = ppo.PPOTrainer(lora.override(stage="ppo"), train, dev, out_dir=tmp_path / "ppo", progress=False)
+    assert tr.pv.ref_mode == "adapter"
+    assert not [m for m in tr.pv.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drop_adapter_dropout(tr.pv.model) == 0  # nothing left to replace
+    b = _batch(tr)
+    with torch.no_grad():
+        tr.pv.model.eval()
+        ev = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask)[0]
+        tr.pv.model.train()
+        tr_mode = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask)[0]
+        tr.pv.model.eval()
+    assert torch.equal(ev, tr_mode)
+    stats = tr.iterate(0)
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-10)  # first minibatch of one epoch: ratio 1
+
+
 def test_the_public_steps_are_one_iteration(setup, tmp_path):
     whole = _trainer(setup, tmp_path / "w")
     m = whole.iterate(0)

@@ -79,8 +79,10 @@ class PPOIteration:
         self.bandit = make_bandit(cfg.bandit, len(self.arms), cfg.seed)
         pol, val = self.pv.adapter_params(POLICY), self.pv.adapter_params(VALUE) + list(self.pv.value_head.parameters())
         self.policy_params, self.value_params = pol, val
-        self.opt_pi = torch.optim.AdamW(pol, lr=self.p.learning_rate, weight_decay=0.0)
-        self.opt_v = torch.optim.AdamW(val, lr=self.p.value_learning_rate, weight_decay=0.0)
+        # fused AdamW on a GPU: one kernel for all the adapters' tensors (the default loops over hundreds at 8B)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt_pi = torch.optim.AdamW(pol, lr=self.p.learning_rate, weight_decay=0.0, **fused)
+        self.opt_v = torch.optim.AdamW(val, lr=self.p.value_learning_rate, weight_decay=0.0, **fused)
         # the policy's schedule over every optimiser step of the run (cfg.ppo.iterations, whatever train() is
         # asked for); the value model's learning rate stays constant
         self.total_steps = optimizer_steps(cfg, self.dist.world)
@@ -292,8 +294,8 @@ class PPOIteration:
         # detached tensors, read once at the end: a .item() per minibatch would wait for the GPU each time
         agg: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [],
                                               "approx_kl": []}
-        # train mode switches gradient checkpointing on; LoRA dropout is 0 and Llama has none, so the
-        # numbers are those of eval mode
+        # train mode switches gradient checkpointing on; LoRA dropout is removed (drop_adapter_dropout) and
+        # Llama has none, so the numbers are those of eval mode
         self.pv.model.train()
         for _ in range(p.ppo_epochs):
             perm = torch.randperm(n, generator=g)

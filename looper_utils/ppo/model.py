@@ -27,6 +27,16 @@ adapters, the value head, the optimiser and the log-prob arithmetic stay in
 fp32), as SFT's Trainer does; the 8B base is bf16 or 4-bit already. ``fp32``
 keeps everything in fp32. On the CPU both are fp32.
 
+Attention on a GPU runs without cuDNN's SDPA backend (``attention_backends``):
+PPO's minibatches change length from one to the next, and cuDNN builds a new
+attention graph for each shape on the CPU, 10-20 ms a call, which left the
+8B update waiting on the host for over half its time; FlashAttention or the
+memory-efficient kernel (which take a padding mask) have no such set-up.
+The policy adapter runs without dropout, also when it comes from an SFT
+adapter trained with ``model.lora_dropout``: the update runs in train mode
+(gradient checkpointing needs it), and PPO's ratio must compare the same
+function that computed the old log-probs.
+
 Token log-probs are taken from the decoder's hidden states at the positions
 asked for (the completion tokens), with the LM head applied in chunks, so the
 full ``[batch, length, vocab]`` fp32 logits of a 128k-token vocabulary are
@@ -107,13 +117,16 @@ class PolicyValue(nn.Module):
         if not self.shared_critic:
             model.add_adapter(VALUE, _lora(cfg))
         model.set_adapter(POLICY)
+        drop_adapter_dropout(model)
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
         if cfg.ppo.gradient_checkpointing:
-            # activations of an 8B model over a minibatch of long sequences do not fit otherwise
+            # activations of an 8B model over a minibatch of long sequences do not fit otherwise; the
+            # recomputed forward runs with the same attention backends as the first
+            kw = {"use_reentrant": False, "context_fn": lambda: (attention_backends(device), attention_backends(device))}
             if hasattr(model, "activation_checkpointing_enable"):  # transformers' name from 5.2x on
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         hidden = model.config.hidden_size
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
@@ -171,9 +184,15 @@ class PolicyValue(nn.Module):
             self.model.set_adapter(prev)
             self._set_trainable()
 
+    @contextlib.contextmanager
     def autocast(self):
-        """bf16 autocast for a forward where ``ppo.precision`` allows it, else nothing."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        """A forward's settings: bf16 autocast where ``ppo.precision`` allows it, the attention backends."""
+        with attention_backends(self.device):
+            if self.bf16:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
 
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None
@@ -223,6 +242,32 @@ class PolicyValue(nn.Module):
             inner = self.model.get_base_model().model  # the decoder without the LM head
             hidden = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden[:, :-1].float()).squeeze(-1)
+
+
+def attention_backends(device: torch.device):
+    """On a GPU, scaled-dot-product attention limited to FlashAttention, the memory-efficient kernel and
+    the math fallback (no cuDNN: its per-shape graph set-up costs 10-20 ms of CPU a call); else nothing."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def drop_adapter_dropout(model: nn.Module) -> int:
+    """Replace every LoRA adapter's dropout by the identity (in place); returns how many were replaced.
+
+    An SFT adapter keeps its ``lora_dropout`` when loaded; PPO's update runs in train mode, where that
+    dropout would make the policy it trains differ from the one that computed the old log-probs."""
+    n = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, nn.ModuleDict):
+            for name, d in list(drops.items()):
+                if not isinstance(d, nn.Identity):
+                    drops[name] = nn.Identity()
+                    n += 1
+    return n
 
 
 def _head_logprobs(head: nn.Module, h: torch.Tensor, target: torch.Tensor, temperature: float,
