@@ -182,6 +182,19 @@ def test_gradient_checkpointing_gives_the_same_update(setup, tmp_path):
     assert worst < 0.01
 
 
+def test_ppo_attention_leaves_out_cudnn_on_a_gpu_only_and_restores_the_flags():
+    from looper_utils.ppo.model import attention_backends
+
+    flags = torch.backends.cuda
+    before = (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled())
+    with attention_backends(torch.device("cuda")):
+        assert not flags.cudnn_sdp_enabled()
+        assert flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled() and flags.math_sdp_enabled()
+    assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
+    with attention_backends(torch.device("cpu")):
+        assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
+
+
 def test_an_sft_adapter_trained_with_dropout_runs_without_it_in_ppo(tmp_path):
     """A LoRA SFT adapter keeps its lora_dropout when loaded; PPO's update runs in train mode, so the
     dropout must go, or the ratio compares a noisy policy with the one that computed the old log-probs."""
