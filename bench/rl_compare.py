@@ -2,6 +2,7 @@
 
     python3 bench/rl_compare.py --profile demo --root /tmp/rlc --out $OUT/rl_compare.json \\
         [--arms group,trl-grpo,gae] [--sets eval_every=2 n_dev=500 ...] [--sft-sets epochs=1 ...] [--setup-only]
+        [--arm-timeout SECONDS]
 
 1. Sets ``--root`` up once: 01's splits (``data.prepare_splits`` / ``write_splits``) and 02's SFT
    (``python -m looper_utils.sft`` without its dev check). Both are skipped when already there, so a
@@ -16,7 +17,10 @@
    sampled (counted), total times. ``summary``: the best dev accuracy every arm reaches and when each
    first reached it (``train_seconds``), also for each of ours beside TRL alone (``group_vs_trl-grpo``).
    The JSON is rewritten after every arm, so a run cut short keeps what finished; arms run in the
-   order given, one failing does not stop the next.
+   order given, one failing does not stop the next. An arm stopped before its end (``--arm-timeout``,
+   or a SIGTERM to the bench, e.g. from ``timeout``, which also stops the arms after it) keeps the dev
+   checks it made (``partial``: each arm rewrites them after every check), and they count in
+   ``summary`` as its best so far (``partial_arms``).
 
 Not the same in the arms: prompt choice (our bandit; TRL draws uniformly), the sampler of training
 (ours: ``rollouts.backend``, the engine in ``demo``; TRL: Hugging Face ``generate``; the dev check is
@@ -35,8 +39,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,16 +84,29 @@ def clean(line: str) -> str:
     return " ".join(x for x in parts if x.strip() and not BAR.search(x))
 
 
-def stream(cmd: list[str], tag: str) -> tuple[int, list[str]]:
-    """Run ``cmd``, echoing its output line by line with ``tag``; (exit status, its last 60 lines)."""
+def stream(cmd: list[str], tag: str, timeout: float = 0) -> tuple[int, list[str]]:
+    """Run ``cmd``, echoing its output line by line with ``tag``; (exit status, its last 60 lines).
+
+    ``timeout`` (seconds, 0: none) stops it with SIGTERM. A SIGTERM to this process stops it too (so a
+    ``timeout`` around the whole bench leaves the arm's partial results to read)."""
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with subprocess.Popen(cmd, cwd=str(ROOT), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as p:
-        for line in p.stdout:
-            line = clean(line)
-            if line:
-                tail.append(line)
-                print(f"  [{tag}] {line}", flush=True)
+        timer = threading.Timer(timeout, p.terminate) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            for line in p.stdout:
+                line = clean(line)
+                if line:
+                    tail.append(line)
+                    print(f"  [{tag}] {line}", flush=True)
+        finally:
+            if timer:
+                timer.cancel()
+            if p.poll() is None:  # stopped from outside: stop the arm, then read what it wrote
+                p.terminate()
+            p.wait()
     return p.returncode, list(tail)
 
 
@@ -141,7 +160,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(cfg, train: list[dict], dev: list[dict], out: Path) -> dict[str, Any]:
+def run_ours(cfg, train: list[dict], dev: list[dict], out: Path, partial: "Partial") -> dict[str, Any]:
     """``PPOTrainer.train`` with the dev checks, checkpoint writes and sampling counted from outside."""
     from looper_utils import ppo
 
@@ -153,6 +172,8 @@ def run_ours(cfg, train: list[dict], dev: list[dict], out: Path) -> dict[str, An
     sft_acc, _ = tr.dev_accuracy()
     _sync()
     sft_dev_seconds = time.perf_counter() - t
+    partial.check({"iteration": 0, "dev_accuracy": sft_acc, "train_seconds": 0.0, "dev_seconds": sft_dev_seconds,
+                   "seconds": 0.0})
     spent = {"dev": 0.0, "checkpoint": 0.0, "completions": 0}
     check, save, sample = tr.dev_accuracy, tr.save, tr.sample
 
@@ -187,6 +208,7 @@ def run_ours(cfg, train: list[dict], dev: list[dict], out: Path) -> dict[str, An
             curve.append({"iteration": m["iteration"], "dev_accuracy": m["dev_accuracy"],
                           "train_seconds": now - t0 - spent["dev"], "dev_seconds": spent["last_dev"],
                           "seconds": now - t0, "checkpoint_seconds": spent["checkpoint"]})
+            partial.check(curve[-1])
 
     hist = tr.train(on_iteration=on_iteration)
     _sync()
@@ -200,15 +222,37 @@ def run_ours(cfg, train: list[dict], dev: list[dict], out: Path) -> dict[str, An
                            for k in ("generate", "score", "forward", "update")}}
 
 
-def run_trl(cfg, train: list[dict], dev: list[dict], out: Path) -> dict[str, Any]:
+def run_trl(cfg, train: list[dict], dev: list[dict], out: Path, partial: "Partial") -> dict[str, Any]:
     from looper_utils.ppo.trl_grpo import train_trl_grpo
 
-    m = train_trl_grpo(cfg, train, dev, out_dir=out, progress=True)
+    m = train_trl_grpo(cfg, train, dev, out_dir=out, progress=True, on_check=partial.check)
     return {"dev_accuracy_sft": m["dev_accuracy_sft"], "dev_curve": m["dev_curve"],
             "dev_accuracy_final": m["dev_accuracy_ppo"], "seconds": m["seconds"], "train_seconds": m["train_seconds"],
             "dev_check_seconds": m["dev_check_seconds"], "completions_sampled": m["completions_sampled"],
             "iterations": m["iterations"], "optimizer_steps": m["optimizer_steps"], "reward_curve": m["reward_curve"],
             "kl_last": m["kl_last"]}
+
+
+class Partial:
+    """The dev checks an arm has made so far, rewritten to ``path`` after each (atomically): what the
+    comparison keeps of an arm stopped before its end (``--arm-timeout``, or a limit around the bench)."""
+
+    def __init__(self, path: Path):
+        self.path, self.sft, self.curve = path, None, []
+        path.unlink(missing_ok=True)
+
+    def check(self, rec: dict[str, Any]) -> None:
+        if rec["iteration"] == 0:
+            self.sft = rec["dev_accuracy"]
+        else:
+            self.curve.append(dict(rec))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"dev_accuracy_sft": self.sft, "dev_curve": self.curve}, default=float))
+        os.replace(tmp, self.path)
+
+
+def partial_path(child_out: Path) -> Path:
+    return child_out.with_name(child_out.stem + ".partial.json")
 
 
 def arm_child(args) -> int:
@@ -226,7 +270,7 @@ def arm_child(args) -> int:
     out = cfg.checkpoints_dir / "rl_compare" / args.arm
     for d in (out, out.with_name(out.name + ".previous")):
         shutil.rmtree(d, ignore_errors=True)
-    res = (run_trl if args.arm == "trl-grpo" else run_ours)(cfg, train, dev, out)
+    res = (run_trl if args.arm == "trl-grpo" else run_ours)(cfg, train, dev, out, Partial(partial_path(Path(args.child_out))))
     p = cfg.ppo
     import peft
     import transformers
@@ -266,7 +310,7 @@ def summarize(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     >>> s["target_dev_accuracy"], s["time_to_target"]["group"]["train_seconds"], s["trl_over_group"]
     (0.6, 40.0, 1.5)
     """
-    done = {k: v for k, v in arms.items() if "error" not in v}
+    done = {k: v for k, v in arms.items() if usable(v)}
     if not done:
         return {}
     target = min(max(c["dev_accuracy"] for c in with_start(r)) for r in done.values())
@@ -276,6 +320,9 @@ def summarize(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
         reach[k] = {"iteration": first["iteration"], "train_seconds": first["train_seconds"],
                     "seconds": first["seconds"]}
     out: dict[str, Any] = {"target_dev_accuracy": target, "time_to_target": reach}
+    cut = [k for k, r in done.items() if "error" in r]
+    if cut:  # stopped early: their best so far counts, so the target may be lower than a whole run's
+        out["partial_arms"] = cut
     for ours in ("group", "gae"):
         if ours in reach and "trl-grpo" in reach and reach[ours]["train_seconds"] > 0:
             out[f"trl_over_{ours}"] = round(reach["trl-grpo"]["train_seconds"] / reach[ours]["train_seconds"], 3)
@@ -284,12 +331,23 @@ def summarize(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def usable(r: dict[str, Any]) -> bool:
+    """A finished arm, or one stopped early after its SFT check (``partial``)."""
+    return "error" not in r or (bool(r.get("partial")) and r.get("dev_accuracy_sft") is not None)
+
+
 def table(arms: dict[str, dict[str, Any]]) -> str:
     rows = ["arm       | SFT dev | dev checks (iteration: accuracy @ train s)      | final | train s | +dev s "
             "| process s | completions"]
     for k, r in arms.items():
-        if "error" in r:
+        if "error" in r and not usable(r):
             rows.append(f"{k:<9} | failed: {r['error'][:100]}")
+            continue
+        if "error" in r:  # stopped early: the checks it made
+            checks = ", ".join(f"{c['iteration']}: {c['dev_accuracy']:.3f} @ {c['train_seconds']:.1f}"
+                               for c in r["dev_curve"])
+            rows.append(f"{k:<9} | {r['dev_accuracy_sft']:.3f}   | {checks:<47} | stopped early: "
+                        f"{r['error'].splitlines()[0][:60]}")
             continue
         checks = ", ".join(f"{c['iteration']}: {c['dev_accuracy']:.3f} @ {c['train_seconds']:.1f}"
                            for c in r["dev_curve"])
@@ -297,6 +355,14 @@ def table(arms: dict[str, dict[str, Any]]) -> str:
                     f"| {r['train_seconds']:7.1f} | {r['seconds']:6.1f} | {r['process_seconds']:9.1f} "
                     f"| {r['completions_sampled']}")
     return "\n".join(rows)
+
+
+class Stopped(Exception):
+    """SIGTERM reached the bench."""
+
+
+def _stopped(signum, frame) -> None:
+    raise Stopped
 
 
 def main() -> int:
@@ -308,6 +374,8 @@ def main() -> int:
     ap.add_argument("--sets", nargs="*", default=[], metavar="KEY=VALUE", help="PPO config overrides for every arm")
     ap.add_argument("--sft-sets", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for 02's SFT")
     ap.add_argument("--setup-only", action="store_true", help="write data/ and train SFT, run no arm")
+    ap.add_argument("--arm-timeout", type=float, default=0,
+                    help="stop an arm after this many seconds and keep the dev checks it made (0: no limit)")
     ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -336,6 +404,7 @@ def main() -> int:
         out.write_text(json.dumps(result, indent=1, default=float))
         log(f"setup done in {time.perf_counter() - t_all:.0f} s; wrote {out}")
         return 0
+    signal.signal(signal.SIGTERM, _stopped)  # e.g. a `timeout` around the bench: keep what was measured
     for arm in arms:
         log(f"arm {arm}: starting")
         child_out = Path(args.root) / "rl_compare" / f"{arm}.json"
@@ -344,19 +413,31 @@ def main() -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--profile", args.profile, "--root", args.root,
                "--arm", arm, "--child-out", str(child_out), "--sets", *args.sets]
         t = time.perf_counter()
-        rc, tail = stream(cmd, arm)
+        stopped = False
+        try:
+            rc, tail = stream(cmd, arm, args.arm_timeout)
+        except Stopped:
+            rc, tail, stopped = -signal.SIGTERM, [], True
         secs = time.perf_counter() - t
         if rc == 0 and child_out.is_file():
             r = json.loads(child_out.read_text())
             r["process_seconds"] = secs
         else:
-            r = {"error": f"exit {rc}: " + "\n".join(tail[-25:]), "process_seconds": secs}
+            why = ("the bench was stopped (SIGTERM)" if stopped else
+                   f"stopped after --arm-timeout {args.arm_timeout:g} s" if args.arm_timeout
+                   and secs >= args.arm_timeout and rc == -signal.SIGTERM else f"exit {rc}")
+            r = {"error": f"{why}:\n" + "\n".join(tail[-25:]), "process_seconds": secs}
+            if partial_path(child_out).is_file():  # the dev checks made before it stopped
+                r.update(json.loads(partial_path(child_out).read_text()), partial=True)
         result["arms"][arm] = r
         result["summary"] = summarize(result["arms"])
         result["seconds_total"] = time.perf_counter() - t_all
         out.write_text(json.dumps(result, indent=1, default=float))
         log(f"arm {arm}: {'done' if 'error' not in r else 'FAILED'} in {secs:.1f} s; "
-            + (f"dev {r['dev_accuracy_sft']:.3f} -> {r['dev_accuracy_final']:.3f}" if "error" not in r else ""))
+            + (f"dev {r['dev_accuracy_sft']:.3f} -> {r['dev_accuracy_final']:.3f}" if "error" not in r else
+               f"{len(r.get('dev_curve', []))} dev checks kept" if r.get("partial") else ""))
+        if stopped:
+            break
     print("\n" + table(result["arms"]), flush=True)
     s = result.get("summary") or {}
     if s:

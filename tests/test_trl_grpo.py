@@ -54,7 +54,8 @@ def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning, match="trainer='trl-grpo' does not continue"):
         mp.setattr(trl_grpo, "regime_w_reward", recording)
         mp.setattr(ppo_trainer, "greedy_dev_check", recording_check)
-        metrics = trl_grpo.train_trl_grpo(cfg, train, dev, progress=False)
+        metrics = trl_grpo.train_trl_grpo(cfg, train, dev, progress=False,
+                                          on_check=lambda rec: checks[-1].update(reported=rec))
     return cfg, train, dev, metrics, calls, checks
 
 
@@ -153,6 +154,10 @@ def test_dev_checks_run_at_our_cadence_on_the_training_policy(run):
     assert len(checks) == 3 and [c["acc"] for c in checks] == [m["dev_accuracy_sft"], *(
         c["dev_accuracy"] for c in m["dev_curve"])] and m["dev_accuracy_ppo"] == checks[-1]["acc"]
     assert [(c["iteration"], c["step"]) for c in m["dev_curve"]] == [(1, 2), (2, 4)]  # 2 optimiser steps a round
+    # on_check reported each check right after it ran: the SFT one as iteration 0, then dev_curve's
+    assert [c["reported"] for c in checks] == [{"iteration": 0, "step": 0, "dev_accuracy": m["dev_accuracy_sft"],
+                                                "train_seconds": 0.0, "dev_seconds": checks[0]["reported"]["dev_seconds"],
+                                                "seconds": 0.0}, *m["dev_curve"]]
     assert not any(c["training"] for c in checks)  # greedy checks run in eval mode
     assert checks[0]["lora_b"] == 0 and 0 < checks[1]["lora_b"] != checks[2]["lora_b"]  # the policy as it trains
     assert [c["model_training"] for c in calls] == [True, True]  # each round sampled in train mode after a check

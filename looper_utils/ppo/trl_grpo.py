@@ -184,13 +184,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _dev_checks(cfg: Config, model, tokenizer, rows: list[dict], per_iteration: int, progress: bool):
+def _dev_checks(cfg: Config, model, tokenizer, rows: list[dict], per_iteration: int, progress: bool,
+                on_check: Callable[[dict[str, Any]], None] | None = None):
     """A Trainer callback running ``_dev_check`` where ``PPOTrainer.train`` runs it: after every
     ``ppo.eval_every`` rounds of sampling (``per_iteration`` optimiser steps each) and after the last.
 
     ``curve`` gets one record per check: ``iteration`` (rounds done), ``step``, ``dev_accuracy``,
     ``train_seconds`` (since training began, less every dev check's time), ``dev_seconds`` (this check's)
-    and ``seconds`` (since training began, checks included); ``flags`` are the last check's."""
+    and ``seconds`` (since training began, checks included); ``flags`` are the last check's. ``on_check``
+    gets each record as it is made."""
     from transformers import TrainerCallback
 
     every = cfg.ppo.eval_every * per_iteration
@@ -216,6 +218,8 @@ def _dev_checks(cfg: Config, model, tokenizer, rows: list[dict], per_iteration: 
                                "train_seconds": start - self.t0 - self.dev_seconds, "dev_seconds": end - start,
                                "seconds": end - self.t0})
             self.dev_seconds += end - start
+            if on_check:
+                on_check(self.curve[-1])
             if progress:
                 print(progress_line("grpo dev check", len(self.curve), -(-state.max_steps // every), self.t0,
                                     f"iteration {step // per_iteration}, dev {acc:.3f}"), flush=True)
@@ -224,8 +228,11 @@ def _dev_checks(cfg: Config, model, tokenizer, rows: list[dict], per_iteration: 
 
 
 def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], out_dir: Path | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the policy adapter with TRL's ``GRPOTrainer`` on Regime W; save it where 06 reads ours.
+
+    ``on_check`` is called with each dev check's record as it is made: the SFT policy's first (iteration 0),
+    then each of ``dev_curve``'s (a caller keeps what a run cut short had measured).
 
     Returns the metrics 05 saves: dev accuracy before and after (with intervals and the paired test),
     the periodic dev checks (``dev_curve``), wall time with and without them (``seconds``,
@@ -247,7 +254,11 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
     model.to(device)
     dev = dev_rows[:cfg.ppo.n_dev] if cfg.ppo.n_dev else dev_rows
     think = prompts.completion_starts_in_think(tokenizer, cfg.model.prompt_style)
+    t = time.perf_counter()
     sft_acc, sft_flags = _dev_check(cfg, model, tokenizer, dev)
+    if on_check:
+        on_check({"iteration": 0, "step": 0, "dev_accuracy": sft_acc, "train_seconds": 0.0,
+                  "dev_seconds": time.perf_counter() - t, "seconds": 0.0})
 
     b = grpo_batch(cfg)
     scored = [0]  # completions the reward saw: every one TRL sampled
@@ -258,7 +269,7 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
         return regime_w(completions=completions, **kw)
 
     counted.__name__ = regime_w.__name__  # TRL names the reward's metrics after it
-    checks = _dev_checks(cfg, model, tokenizer, dev, b["steps_per_iteration"], progress)
+    checks = _dev_checks(cfg, model, tokenizer, dev, b["steps_per_iteration"], progress, on_check)
     with tempfile.TemporaryDirectory(prefix="trl-grpo-") as work:
         args = make_grpo_config(cfg, Path(work), device, progress)
         callbacks = [checks] + ([_progress_lines(cfg.ppo.iterations, b["steps_per_iteration"])] if progress else [])
