@@ -165,6 +165,9 @@ class PPOConfig:
     lam: float = 0.95
     ppo_epochs: int = 2
     minibatch_size: int = 32
+    # sequences per forward without gradients (old log-probs, reference, values), longest first so each
+    # chunk is cut to similar lengths; 0 = 4 x minibatch_size (no activations are kept for a backward)
+    forward_batch_size: int = 0
     ent_coef: float = 0.0
     max_grad_norm: float = 1.0
     temperature: float = 1.0

@@ -264,6 +264,7 @@ _RANGES: list[tuple[str, str, Any]] = [
     ("ppo.lam", "between 0 and 1", lambda v: 0.0 <= v <= 1.0),
     ("ppo.ppo_epochs", ">= 1", lambda v: v >= 1),
     ("ppo.minibatch_size", ">= 1", lambda v: v >= 1),
+    ("ppo.forward_batch_size", ">= 0 (0 = 4 x ppo.minibatch_size)", lambda v: v >= 0),
     ("ppo.ent_coef", ">= 0", lambda v: v >= 0),
     ("ppo.max_grad_norm", "> 0", lambda v: v > 0),
     ("ppo.temperature", ">= 0 (0 is greedy)", lambda v: v >= 0),

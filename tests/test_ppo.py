@@ -1,4 +1,5 @@
 """PPO on the tiny CPU model: adapter switching, gradients, checkpoints and resume."""
+import contextlib
 import json
 
 import pytest
@@ -64,6 +65,23 @@ def test_log_probs_are_those_of_the_sampling_temperature(setup, tmp_path):
     assert torch.allclose(old["logp"][m], at_half[m], atol=1e-5)
     assert torch.allclose(old["ref"][m], at_half[m], atol=1e-5)  # the policy starts at the reference
     assert not torch.allclose(old["logp"][m], at_one[m], atol=1e-3)
+
+
+def test_adapter_switches_walk_the_model_only_when_the_adapter_changes(setup, tmp_path, monkeypatch):
+    tr = _trainer(setup, tmp_path / "sw")
+    flags = {n: p.requires_grad for n, p in tr.pv.model.named_parameters()}
+    assert {n for n, f in flags.items() if f} == {n for n in flags if f".{POLICY}." in n or f".{VALUE}." in n}
+    switches = []
+    set_adapter = tr.pv.model.set_adapter
+    monkeypatch.setattr(tr.pv.model, "set_adapter", lambda a: switches.append(a) or set_adapter(a))
+    with tr.pv.use(POLICY):  # active already
+        with tr.pv.use(VALUE):
+            assert tr.pv.model.active_adapter == VALUE
+            with tr.pv.use(VALUE):
+                pass
+            assert {n for n, p in tr.pv.model.named_parameters() if p.requires_grad} == {n for n, f in flags.items() if f}
+    assert switches == [VALUE, POLICY] and tr.pv.model.active_adapter == POLICY
+    assert {n: p.requires_grad for n, p in tr.pv.model.named_parameters()} == flags
 
 
 def test_gradients_reach_value_head_not_base(setup, tmp_path):
@@ -193,6 +211,47 @@ def test_ppo_attention_leaves_out_cudnn_on_a_gpu_only_and_restores_the_flags():
     assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
     with attention_backends(torch.device("cpu")):
         assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
+
+
+def test_under_bf16_autocast_the_adapters_skip_the_input_casts_with_the_same_numbers(setup, tmp_path, monkeypatch):
+    """Under bf16 autocast PEFT's cast of a projection's input to the fp32 adapter is undone by autocast before
+    the product, so PPO leaves it out: the same log-probs and gradients, also through a recomputed forward
+    (gradient checkpointing re-runs it in the backward pass, after autocast() has exited)."""
+    from looper_utils.ppo import model as model_mod
+
+    monkeypatch.setattr(model_mod, "use_bf16", lambda cfg, device: True)  # bf16 autocast, here on the CPU
+    tr = _trainer(setup, tmp_path / "bf", gradient_checkpointing=True)
+    assert tr.pv.bf16 and {p.dtype for n, p in tr.pv.model.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    with torch.no_grad():
+        for name, p in tr.pv.model.named_parameters():
+            if f".{POLICY}." in name and "lora_B" in name:
+                p.normal_(0, 0.5)  # the adapter must change the output for the test to see it
+    layers = tr.pv._adapted
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)
+    seen = []  # (casts on?, input dtype) of one adapted projection, each time it runs
+    layers[0].register_forward_pre_hook(lambda m, args: seen.append((m.cast_input_dtype_enabled, args[0].dtype)))
+    b = _batch(tr)
+    tr.pv.model.train()  # checkpointing recomputes in train mode only
+
+    def run():
+        seen.clear()
+        tr.pv.model.zero_grad(set_to_none=True)
+        logp = tr.pv.token_logprobs(POLICY, b.input_ids, b.attention_mask, mask=b.mask)[0]
+        (logp * b.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tr.pv.model.named_parameters() if p.grad is not None}
+        return logp.detach(), grads, list(seen)
+
+    logp_off, grads_off, seen_off = run()
+    assert all(m.cast_input_dtype_enabled for m in layers)  # restored after the forward
+    assert seen_off == [(False, torch.bfloat16)] * 2  # the forward and its recomputation, both without casts
+    monkeypatch.setattr(model_mod, "adapter_input_casts_off", lambda layers: contextlib.nullcontext())
+    logp_on, grads_on, seen_on = run()
+    assert seen_on == [(True, torch.bfloat16)] * 2
+    assert grads_off and grads_off.keys() == grads_on.keys()
+    assert torch.equal(logp_off, logp_on)
+    for n in grads_on:
+        assert torch.equal(grads_off[n], grads_on[n]), n
+    tr.pv.model.eval()
 
 
 def test_an_sft_adapter_trained_with_dropout_runs_without_it_in_ppo(tmp_path):
@@ -376,6 +435,33 @@ def test_minibatch_cut_to_its_longest_sequence_changes_no_log_prob(setup, tmp_pa
     assert torch.allclose(full[short], whole, atol=1e-5)
 
 
+def test_the_forward_without_gradients_goes_longest_first_and_returns_rows_in_their_order(setup, tmp_path,
+                                                                                           monkeypatch):
+    from looper_utils.ppo import iteration
+
+    tr = _trainer(setup, tmp_path / "fb", forward_batch_size=2)
+    b = _batch(tr)
+    lengths = b.attention_mask.sum(1)
+    assert len(set(lengths.tolist())) > 2, "the batch needs sequences of several lengths"
+    widths = []
+    cut = iteration.minibatch
+    monkeypatch.setattr(iteration, "minibatch", lambda bb, idx: widths.append(cut(bb, idx)[3]) or cut(bb, idx))
+    got = tr._forward_all(b)
+    assert len(widths) == 3 and widths == sorted(widths, reverse=True) and widths[0] == int(lengths.max())
+    assert widths[-1] < widths[0]  # the shortest rows were computed without the longest one's padding
+    with torch.no_grad():
+        for i in range(len(lengths)):  # each row alone, unpadded
+            n = int(lengths[i])
+            ids, att, m = b.input_ids[i:i + 1, :n], b.attention_mask[i:i + 1, :n], b.mask[i:i + 1, :n - 1]
+            alone = {"logp": tr.pv.token_logprobs(POLICY, ids, att, mask=m)[0],
+                     "ref": tr.pv.token_logprobs(REF, ids, att, mask=m)[0], "values": tr.pv.values(ids, att) * m}
+            for k, v in alone.items():
+                assert torch.allclose(got[k][i, :n - 1], v[0], atol=1e-5), (k, i)
+                assert torch.all(got[k][i, n - 1:] == 0), (k, i)
+    assert tr.cfg.ppo.forward_batch_size == 2
+    assert config.build("smoke", stage="ppo").ppo.forward_batch_size == 0  # 0: four minibatches at a time
+
+
 def test_group_advantages_skip_the_critic_and_gae_adds_it(setup, tmp_path, monkeypatch):
     tr = _trainer(setup, tmp_path / "v", advantage="group")
     roll = tr.sample(0)
@@ -418,12 +504,12 @@ def _count_decoder_passes(tr, monkeypatch) -> list[int]:
 
 
 def test_shared_critic_reads_the_policy_in_one_pass(setup, tmp_path, monkeypatch):
-    tr = _trainer(setup, tmp_path / "sc", advantage="gae", critic="shared", minibatch_size=4)
+    tr = _trainer(setup, tmp_path / "sc", advantage="gae", critic="shared", minibatch_size=4, forward_batch_size=4)
     assert not [n for n, _ in tr.pv.model.named_parameters() if f".{VALUE}." in n]  # no value adapter
     assert tr.value_params == list(tr.pv.value_head.parameters())
     roll = tr.sample(0)
     scored = tr.score(roll)
-    n_mb = -(-len(roll.samples) // 4)
+    n_mb = -(-len(roll.samples) // 4)  # minibatches, and chunks of the forward without gradients
     calls = _count_decoder_passes(tr, monkeypatch)
     adv = tr.advantages(roll, scored)
     assert len(calls) == 2 * n_mb  # policy log-probs and values together, then the reference
@@ -443,10 +529,10 @@ def test_shared_critic_reads_the_policy_in_one_pass(setup, tmp_path, monkeypatch
 
 
 def test_separate_critic_takes_its_own_passes(setup, tmp_path, monkeypatch):
-    tr = _trainer(setup, tmp_path / "sp", advantage="gae", critic="separate", minibatch_size=4)
+    tr = _trainer(setup, tmp_path / "sp", advantage="gae", critic="separate", minibatch_size=4, forward_batch_size=4)
     roll = tr.sample(0)
     scored = tr.score(roll)
-    n_mb = -(-len(roll.samples) // 4)
+    n_mb = -(-len(roll.samples) // 4)  # minibatches, and chunks of the forward without gradients
     calls = _count_decoder_passes(tr, monkeypatch)
     adv = tr.advantages(roll, scored)
     assert len(calls) == 3 * n_mb

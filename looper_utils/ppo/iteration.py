@@ -105,13 +105,18 @@ class PPOIteration:
         return rows, list(arm_ids)
 
     def _forward_all(self, b: Batch, roles: tuple[str, ...] = ("logp", "ref", "values")) -> dict[str, torch.Tensor]:
-        """Old log-probs (``logp``), reference log-probs (``ref``) and/or ``values``, in minibatches,
-        without gradients; [B, L-1] each, 0 after a sequence's end."""
+        """Old log-probs (``logp``), reference log-probs (``ref``) and/or ``values``, without gradients;
+        [B, L-1] each, in ``b``'s row order, 0 after a sequence's end.
+
+        The rows go through in chunks of ``ppo.forward_batch_size`` (4 minibatches by default: nothing is
+        kept for a backward pass), longest first, each chunk cut to its own longest sequence, so a chunk
+        computes little padding and the first, widest one sets the peak memory."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in roles}
-        mb, full = self.p.minibatch_size, b.input_ids.shape[1] - 1
+        fb, full = self.p.forward_batch_size or 4 * self.p.minibatch_size, b.input_ids.shape[1] - 1
+        order = torch.argsort(b.attention_mask.sum(1), descending=True, stable=True)
         with torch.no_grad():
-            for s in range(0, len(b.input_ids), mb):
-                ids, att, m, _ = minibatch(b, slice(s, s + mb))
+            for s in range(0, len(order), fb):
+                ids, att, m, _ = minibatch(b, order[s:s + fb])
                 done: dict[str, torch.Tensor] = {}
                 if self.pv.shared_critic and "logp" in roles and "values" in roles:  # one pass for both
                     logp, _, v = self.pv.forward_roles(POLICY, ids, att, mask=m, temperature=self.p.temperature,
@@ -126,7 +131,8 @@ class PPOIteration:
                         x = self.pv.token_logprobs(POLICY if role == "logp" else REF, ids, att, mask=m,
                                                    temperature=self.p.temperature)[0]
                     outs[role].append(_pad_to(x, full))
-        return {k: torch.cat(v) for k, v in outs.items()}
+        cat = {k: torch.cat(v) for k, v in outs.items()}
+        return {k: torch.empty_like(x).index_copy_(0, order, x) for k, x in cat.items()}  # back to b's order
 
     # the steps of one iteration, public so 05 can run them one at a time
     @property

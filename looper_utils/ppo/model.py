@@ -32,6 +32,10 @@ PPO's minibatches change length from one to the next, and cuDNN builds a new
 attention graph for each shape on the CPU, 10-20 ms a call, which left the
 8B update waiting on the host for over half its time; FlashAttention or the
 memory-efficient kernel (which take a padding mask) have no such set-up.
+Under bf16 autocast the adapters read their bf16 input as it is
+(``adapter_input_casts_off``): PEFT would cast each adapted projection's input
+to the adapters' fp32 and autocast would cast it straight back to bf16 for the
+product, two copies of every projection's input each way, for the same result.
 The policy adapter runs without dropout, also when it comes from an SFT
 adapter trained with ``model.lora_dropout``: the update runs in train mode
 (gradient checkpointing needs it), and PPO's ratio must compare the same
@@ -119,10 +123,15 @@ class PolicyValue(nn.Module):
         model.set_adapter(POLICY)
         drop_adapter_dropout(model)
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
+        self.device = device
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._adapted = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         if cfg.ppo.gradient_checkpointing:
             # activations of an 8B model over a minibatch of long sequences do not fit otherwise; the
-            # recomputed forward runs with the same attention backends as the first
-            kw = {"use_reentrant": False, "context_fn": lambda: (attention_backends(device), attention_backends(device))}
+            # recomputed forward (in the backward pass, after autocast() has exited) runs with the same
+            # settings as the first
+            kw = {"use_reentrant": False, "context_fn": lambda: (self._kernels(), self._kernels())}
             if hasattr(model, "activation_checkpointing_enable"):  # transformers' name from 5.2x on
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
@@ -131,13 +140,19 @@ class PolicyValue(nn.Module):
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.value_head.bias)
-        self.device = device
-        self._set_trainable()
+        for name, p in model.named_parameters():
+            p.requires_grad_(f".{POLICY}." in name or f".{VALUE}." in name)
+        self._adapter_flags = [(p, p.requires_grad) for n, p in model.named_parameters()
+                               if any(f".{a}." in n for a in (POLICY, VALUE, REF))]
 
     # -- parameters -----------------------------------------------------------
     def _set_trainable(self) -> None:
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(f".{POLICY}." in name or f".{VALUE}." in name)
+        """The policy and value adapters trainable, the rest frozen (PEFT's ``set_adapter`` freezes the
+        inactive adapters and unfreezes the active one). Only the adapters' tensors are set, from a list made
+        once: a walk over the 8B model's parameters costs milliseconds, and PPO switches adapters often."""
+        for p, trainable in self._adapter_flags:
+            if p.requires_grad != trainable:
+                p.requires_grad_(trainable)
 
     def adapter_params(self, adapter: str) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if f".{adapter}." in n]
@@ -176,6 +191,9 @@ class PolicyValue(nn.Module):
                 yield
             return
         prev = self.model.active_adapter
+        if adapter == prev:  # already active: nothing to switch (PEFT's set_adapter walks the whole model)
+            yield
+            return
         self.model.set_adapter(adapter)
         self._set_trainable()  # set_adapter freezes inactive adapters; we train two
         try:
@@ -185,11 +203,20 @@ class PolicyValue(nn.Module):
             self._set_trainable()
 
     @contextlib.contextmanager
+    def _kernels(self):
+        """The attention backends, and under bf16 autocast the adapters' input casts left out (not autocast
+        itself: gradient checkpointing restores that on its own). Entered only by ``with``: checkpointing
+        makes the recomputation's context at the first forward and enters it in the backward pass."""
+        with attention_backends(self.device), (adapter_input_casts_off(self._adapted) if self.bf16
+                                               else contextlib.nullcontext()):
+            yield
+
+    @contextlib.contextmanager
     def autocast(self):
         """A forward's settings: bf16 autocast where ``ppo.precision`` allows it, the attention backends."""
-        with attention_backends(self.device):
+        with self._kernels():
             if self.bf16:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     yield
             else:
                 yield
@@ -252,6 +279,26 @@ def attention_backends(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+@contextlib.contextmanager
+def adapter_input_casts_off(layers: list[nn.Module]):
+    """PEFT's LoRA layers in ``layers`` take their input in its own dtype instead of the adapter's.
+
+    For use under bf16 autocast only, where the adapter's products run in bf16 whatever their input: PEFT
+    would cast a bf16 input up to the fp32 adapter and autocast would cast it back down, the same bf16
+    values after two copies (and two more in the backward pass). PEFT's own
+    ``peft.helpers.disable_input_dtype_casting`` does the same but walks the whole model each time it is
+    entered, and gradient checkpointing enters this once per layer in every recomputed forward, so the
+    layers are found once (``PolicyValue``) and passed in. Re-entrant; the flags are restored on exit."""
+    before = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for m, b in zip(layers, before):
+            m.cast_input_dtype_enabled = b
 
 
 def drop_adapter_dropout(model: nn.Module) -> int:
