@@ -56,7 +56,7 @@ def ppo_variant(args) -> dict:
     from looper_utils import config, data, ppo
 
     sets = _settings(args.set)
-    force_liger = sets.pop("force_liger", False)  # bench only: liger-kernel's kernels also where ppo.liger is off
+    liger = sets.pop("liger", False)  # bench only: liger-kernel's fused RMSNorm, SwiGLU and RoPE in the PPO model
     over = {"iterations": args.iterations, "eval_every": 0, "resume": False, **sets}
     cfg = config.build(args.profile, root=args.root, run_id=args.run_id, stage="ppo", **over)
     files = data.data_files(cfg.data_dir)
@@ -64,12 +64,11 @@ def ppo_variant(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         tr = ppo.PPOTrainer(cfg, data.read_jsonl(files["train"]), data.read_jsonl(files["dev"]), out_dir=Path(out),
                             progress=False)
-        if force_liger and not tr.pv.liger:
-            from transformers.integrations.liger import apply_liger_kernel
+        if liger:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-            from looper_utils.ppo.model import LIGER_KERNELS
-
-            apply_liger_kernel(tr.pv.model, LIGER_KERNELS)
+            _apply_liger_kernel_to_instance(model=tr.pv.model.get_base_model(), rms_norm=True, swiglu=True, rope=True,
+                                            cross_entropy=False, fused_linear_cross_entropy=False)
         load = time.perf_counter() - t0
         its = []
         for it in range(args.iterations):
@@ -235,8 +234,7 @@ def _profiled(tr, it: int, out: Path, profile_steps: int = 0) -> tuple[dict, dic
 
 def _settings(text: str) -> dict:
     """``"critic=shared,gradient_checkpointing=False"`` -> PPO config overrides (the ``-p`` value rules);
-    ``liger=False`` turns ``ppo.liger`` off; ``force_liger=True`` (bench only) applies liger-kernel's fused
-    RMSNorm, SwiGLU and RoPE also where ``ppo.liger`` does not (a LoRA or 4-bit base)."""
+    ``liger=True`` applies liger-kernel's fused RMSNorm, SwiGLU and RoPE to the PPO model (bench only)."""
     from looper_utils.pipeline import parse_params
 
     return parse_params([item for item in text.split(",") if item])

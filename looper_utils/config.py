@@ -187,9 +187,6 @@ class PPOConfig:
     # "auto": on a GPU with bf16, a full-precision frozen base is kept in bf16 and the forwards run under
     # bf16 autocast (adapters, optimiser and log-prob arithmetic in fp32); "fp32": fp32 throughout
     precision: str = "auto"
-    # liger-kernel's fused RMSNorm, SwiGLU and RoPE in the PPO model, where sft.liger would apply (a GPU, the
-    # package installed, a full-precision model trained in full); measured in docs/benchmarks.md
-    liger: bool = True
     trainer: str = "ours"  # "ours" (looper_utils.ppo) | "trl-grpo" (TRL's GRPOTrainer, ppo.trl_grpo)
 
 

@@ -94,21 +94,18 @@ def loader_workers(device: torch.device) -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
 
 
-def use_liger(cfg: config_mod.Config, device: torch.device, stage: str = "sft") -> bool:
-    """Whether a stage runs with liger-kernel's fused kernels: ``sft.liger`` (TRL's ``use_liger_kernel``) or
-    ``ppo.liger`` (fused RMSNorm, SwiGLU and RoPE in the PPO model), a GPU, the package importable, and a
-    full-precision model trained in full (the `demo` case, where both were measured on one H200: SFT 76 -> 51
-    ms a step, the PPO forward and update about a fifth faster). LoRA and 4-bit bases keep the stock
-    kernels: on the 8B LoRA base they did not make PPO's update faster (docs/benchmarks.md).
+def use_liger(cfg: config_mod.Config, device: torch.device) -> bool:
+    """Whether SFT runs with liger-kernel's fused kernels (TRL's ``use_liger_kernel``): ``sft.liger``, a GPU,
+    the package importable, and a full-precision model trained in full (the `demo` case, where it was
+    measured: 76 -> 51 ms a step on one H200). LoRA and 4-bit bases keep the stock kernels: not measured.
 
     >>> from looper_utils.config import build
     >>> use_liger(build("demo", stage="sft"), torch.device("cpu"))
     False
     """
-    if stage not in ("sft", "ppo"):
-        raise ValueError(f"stage={stage!r}: use 'sft' or 'ppo'")
-    enabled = cfg.sft.liger if stage == "sft" else cfg.ppo.liger
-    return (enabled and device.type == "cuda" and not cfg.model.use_lora
+    import importlib.util
+
+    return (cfg.sft.liger and device.type == "cuda" and not cfg.model.use_lora
             and cfg.model.quantization == "none" and importlib.util.find_spec("liger_kernel") is not None)
 
 

@@ -254,34 +254,6 @@ def test_under_bf16_autocast_the_adapters_skip_the_input_casts_with_the_same_num
     tr.pv.model.eval()
 
 
-def test_liger_kernels_go_into_the_ppo_model_where_sft_would_use_them(setup, tmp_path, monkeypatch):
-    import importlib.util
-    import transformers.integrations.liger as hf_liger
-
-    from looper_utils import sft_setup
-    from looper_utils.ppo import model as model_mod
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
-    gpu = torch.device("cuda")
-    demo = config.build("demo", stage="ppo")
-    assert sft_setup.use_liger(demo, gpu, stage="ppo") and not sft_setup.use_liger(demo, torch.device("cpu"), "ppo")
-    assert not sft_setup.use_liger(config.build("demo", stage="ppo", liger=False), gpu, stage="ppo")
-    assert sft_setup.use_liger(config.build("demo", stage="sft", liger=False), gpu, stage="ppo")  # sft.liger apart
-    assert not sft_setup.use_liger(config.build("full", stage="ppo"), gpu, stage="ppo")  # a LoRA base: no gain measured
-    with pytest.raises(ValueError, match="stage"):
-        sft_setup.use_liger(demo, gpu, stage="eval")
-    applied = []
-    monkeypatch.setattr(hf_liger, "apply_liger_kernel", lambda model, kernels: applied.append((model, kernels)))
-    monkeypatch.setattr(model_mod, "use_liger", lambda cfg, device, stage: stage == "ppo")
-    tr = _trainer(setup, tmp_path / "lg")
-    assert tr.pv.liger and len(applied) == 1 and applied[0][0] is tr.pv.model
-    assert applied[0][1] == {"rms_norm": True, "swiglu": True, "rope": True, "cross_entropy": False,
-                             "fused_linear_cross_entropy": False}
-    monkeypatch.setattr(model_mod, "use_liger", lambda cfg, device, stage: False)
-    assert not _trainer(setup, tmp_path / "nolg").pv.liger and len(applied) == 1  # on the CPU: the stock kernels
-
-
 def test_an_sft_adapter_trained_with_dropout_runs_without_it_in_ppo(tmp_path):
     """A LoRA SFT adapter keeps its lora_dropout when loaded; PPO's update runs in train mode, so the
     dropout must go, or the ratio compares a noisy policy with the one that computed the old log-probs."""

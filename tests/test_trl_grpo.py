@@ -191,30 +191,3 @@ def test_dev_checks_generate_as_trl_samples_not_with_the_engine(monkeypatch, tmp
     model = torch.nn.Linear(2, 2).train()
     assert trl_grpo._dev_check(cfg, model, None, []) == (0.5, [True])
     assert seen == ["hf"] and model.training  # the mode TRL left is restored
-
-
-def test_trl_grpo_runs_with_the_fused_kernels_of_our_ppo(monkeypatch, tmp_path):
-    """Where ppo.liger puts liger-kernel's RMSNorm, SwiGLU and RoPE into our PPO's model, TRL's gets them too:
-    the two loops are compared on the same kernels."""
-    import transformers.integrations.liger as hf_liger
-
-    from looper_utils.ppo.model import LIGER_KERNELS
-
-    cfg, train, dev = tiny_ppo_project(tmp_path, 40, 30, iterations=1, prompts_per_iter=2, k=2, max_new_tokens=8,
-                                       minibatch_size=4, n_dev=4, device="cpu", trainer="trl-grpo")
-    applied = []
-
-    class Applied(Exception):
-        pass
-
-    def record(model, kernels):
-        applied.append((model, kernels))
-        raise Applied  # what follows is the run the other tests check
-
-    monkeypatch.setattr(hf_liger, "apply_liger_kernel", record)
-    monkeypatch.setattr(trl_grpo, "use_liger", lambda cfg_, device, stage: stage == "ppo" and device.type == "cpu")
-    with pytest.raises(Applied):
-        trl_grpo.train_trl_grpo(cfg, train, dev, progress=False)
-    (model, kernels), = applied
-    assert kernels == LIGER_KERNELS and not kernels["cross_entropy"] and not kernels["fused_linear_cross_entropy"]
-    assert any(f".{trl_grpo.ADAPTER}." in n for n, _ in model.named_parameters())  # the PEFT model TRL trains

@@ -41,9 +41,6 @@ adapter trained with ``model.lora_dropout``: the update runs in train mode
 (gradient checkpointing needs it), and PPO's ratio must compare the same
 function that computed the old log-probs.
 
-On a GPU, a full-precision model trained in full (``demo``) runs with liger-kernel's fused RMSNorm,
-SwiGLU and RoPE (``ppo.liger``, where the package is installed; ``sft_setup.use_liger``).
-
 Token log-probs are taken from the decoder's hidden states at the positions
 asked for (the completion tokens), with the LM head applied in chunks, so the
 full ``[batch, length, vocab]`` fp32 logits of a 128k-token vocabulary are
@@ -62,12 +59,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import modeling
 from ..config import Config
-from ..sft_setup import use_liger
 
 POLICY, VALUE, REF = "policy", "value", "ref"
-# liger-kernel's kernels in PPO's model: not its cross-entropy ones (token_logprobs takes the LM head in chunks)
-LIGER_KERNELS = {"rms_norm": True, "swiglu": True, "rope": True, "cross_entropy": False,
-                 "fused_linear_cross_entropy": False}
 # logits per chunk of the LM head in token_logprobs: 2**26 fp32 numbers (256 MiB), e.g. 512 tokens of a 128k vocabulary
 _LOGIT_CHUNK = 1 << 26
 
@@ -129,11 +122,6 @@ class PolicyValue(nn.Module):
             model.add_adapter(VALUE, _lora(cfg))
         model.set_adapter(POLICY)
         drop_adapter_dropout(model)
-        self.liger = use_liger(cfg, device, stage="ppo")
-        if self.liger:  # what transformers' Trainer does for use_liger_kernel; the LM head stays ours
-            from transformers.integrations.liger import apply_liger_kernel
-
-            apply_liger_kernel(model, LIGER_KERNELS)
         self.model, self.tokenizer, self.ref_mode = model, tokenizer, ref_mode
         self.device = device
         from peft.tuners.tuners_utils import BaseTunerLayer

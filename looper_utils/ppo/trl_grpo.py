@@ -23,10 +23,6 @@ What maps to what (TRL 1.16 ``GRPOConfig``; TRL counts completions, not prompts,
 - the policy is the LoRA adapter ours trains (``ppo.model``: ``lora_r``, ``lora_alpha``, all linear layers,
   or the SFT adapter itself over a pretrained base), the reference the SFT weights.
 
-Both run with the same kernels: liger-kernel's fused RMSNorm, SwiGLU and RoPE where ``ppo.liger`` puts
-them in ours (``sft_setup.use_liger``), the stock ones elsewhere; TRL's ``use_liger_kernel`` (its fused
-GRPO loss) stays off.
-
 What does not map: the bandit (TRL draws the prompts uniformly, shuffled), the critic (``gae``), the
 rollout engine (TRL samples with Hugging Face ``generate``), resume, several processes.
 
@@ -54,8 +50,7 @@ from ..artifacts import atomic_write_text
 from ..config import Config
 from ..progress import progress_line
 from ..regime_w.reward import reward_fn
-from ..sft_setup import use_liger
-from .model import LIGER_KERNELS, load_policy_base, use_bf16
+from .model import load_policy_base, use_bf16
 from .resume import move_aside, resume_signature, write_checkpoint
 
 __all__ = ["grpo_batch", "make_grpo_config", "regime_w_reward", "grpo_dataset", "train_trl_grpo", "LOG_NAME"]
@@ -257,10 +252,6 @@ def train_trl_grpo(cfg: Config, train_rows: list[dict], dev_rows: list[dict], ou
     torch.manual_seed(cfg.seed)
     model, tokenizer, _ = load_policy_base(cfg, device, bf16=use_bf16(cfg, device), adapter=ADAPTER)
     model.to(device)
-    if use_liger(cfg, device, stage="ppo"):  # the fused kernels our PPO's model runs with, not TRL's liger loss
-        from transformers.integrations.liger import apply_liger_kernel
-
-        apply_liger_kernel(model, LIGER_KERNELS)
     dev = dev_rows[:cfg.ppo.n_dev] if cfg.ppo.n_dev else dev_rows
     think = prompts.completion_starts_in_think(tokenizer, cfg.model.prompt_style)
     t = time.perf_counter()
