@@ -15,7 +15,9 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   parts between GPU synchronisations (policy and critic forwards, each backward, optimiser steps):
   a summary in the JSON (phases, kernel time by category) and the top kernels in
   ``ppo_profile_<variant>.txt`` beside ``--out``; ``--profile-steps N`` profiles only the update's first
-  N policy steps (the 8B shape).
+  N policy steps (the 8B shape). ``--mismatch`` then draws one more rollout and compares the token
+  log-probs of what sampled it (the merged copy, ``ppo.sampling``, and the policy with its adapter
+  applied, without autocast) with the trainer's own forward.
 - ``sft``: 60 optimiser steps of 02's trainer on the demo data, timed over the
   last 50, with TRL's per-step metrics and with the plain causal-LM loss, with
   and without dataloader workers; then a ``torch.profiler`` table of 10 steps.
@@ -23,7 +25,8 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   liger-kernel's fused kernels (``use_liger_kernel``; needs ``pip install
   liger-kernel``; builds the scratch base when the project has only 01's data);
   ``--sft-variants kernels`` adds length-grouped batches (``group_by_length``) and
-  ``torch_compile``.
+  ``torch_compile``; ``--sft-variants compile`` times liger-kernel with batches padded to a multiple of 64
+  and a compiled model over those few shapes.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -84,9 +87,48 @@ def ppo_variant(args) -> dict:
             its.append({"seconds": round(time.perf_counter() - t, 3),
                         **{k: round(m[k], 3) for k in ("t_generate", "t_score", "t_forward", "t_update")},
                         "response_length": round(m["response_length"], 1), "reward": round(m["reward"], 3)})
+        eng = tr._engine  # the rollout engine kept across iterations: how many CUDA graphs it captured
+        graphs = {"engine_captures": eng.n_captures, "engine_graphs_held": len(eng._graphs),
+                  "sampling": getattr(tr, "sampling", "adapters")} if eng else {}
+        if args.mismatch:
+            graphs["sampler_mismatch"] = _sampler_mismatch(tr, tr.sample(args.iterations))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak,
+    return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak, **graphs,
             **({"profile": prof} if args.profile_ppo else {})}
+
+
+def _sampler_mismatch(tr, roll) -> dict:
+    """How far the distributions the rollouts come from are from the one PPO trains: on one more rollout's
+    completion tokens, log p under the trainer's forward (``_forward_all``: bf16 autocast on a GPU) against
+    log p under the merged copy and under the PEFT policy without autocast (what the engine runs with the
+    adapter inside). Per sampler: mean |difference|, its 99th percentile, and the mean of (sampler - trainer),
+    a first-order estimate of KL(sampler || trainer) per token since the tokens were drawn by the sampler."""
+    import torch
+
+    b, temp = roll.batch, tr.p.temperature
+    trainer = tr._forward_all(b, ("logp",))["logp"]
+    m = b.mask.bool()
+
+    def logp(model):
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(b.input_ids), 128):
+                ids, att = b.input_ids[s:s + 128], b.attention_mask[s:s + 128]
+                lp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, :-1].float() / temp, -1)
+                out.append(lp.gather(-1, ids[:, 1:, None])[..., 0])
+        return torch.cat(out)
+
+    samplers = {}
+    if getattr(tr, "_merged", None) is not None:
+        samplers["merged copy"] = logp(tr._merged.model)
+    with tr.policy() as model:
+        samplers["adapters, no autocast"] = logp(model)
+    res = {"tokens": int(m.sum())}
+    for name, lp in samplers.items():
+        d = (lp - trainer)[m]
+        res[name] = {"mean_abs": round(float(d.abs().mean()), 6), "p99_abs": round(float(d.abs().quantile(0.99)), 6),
+                     "kl_estimate": round(float(d.mean()), 7)}
+    return res
 
 
 # kernel (GPU) or op (CPU) name fragments -> category, first match wins
@@ -251,6 +293,7 @@ def run_ppo(args, results: dict) -> None:
                "--iterations", str(args.iterations), "--out", args.out, "--only-ppo-variant", "--set", sets,
                "--variant-name", name]
         cmd += ["--profile-ppo", "--profile-steps", str(args.profile_steps)] if args.profile_ppo else []
+        cmd += ["--mismatch"] if args.mismatch and not code else []
         log(f"ppo {name} {sets}")
         t = time.perf_counter()
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
@@ -327,6 +370,17 @@ def run_sft(args, results: dict) -> None:
         one("trl+workers", SFTTrainer, 4)
         one("trl+workers+liger", SFTTrainer, 4, liger=True)
         return
+    if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
+        for name, kw in (("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
+                         ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
+                         ("+liger+compile+pad64", dict(liger=True, torch_compile=True, pad_to_multiple_of=64))):
+            try:
+                one(name, SFTTrainer, 4, **kw)
+            except Exception as exc:
+                results["sft"][name] = {"error": repr(exc)[:500]}
+                log(f"sft {name}: {exc!r}")
+            Path(args.out).write_text(json.dumps(results, indent=1))
+        return
     if args.sft_variants == "kernels":  # fused kernels, less padding, a compiled model
         for name, kw in (("trl+workers", {}), ("+liger", dict(liger=True)), ("+group_by_length", dict(group_by_length=True)),
                          ("+liger+group_by_length", dict(liger=True, group_by_length=True)),
@@ -358,10 +412,13 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
-    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels"],
+    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile"],
                     help="liger: the default trainer with and without liger-kernel's fused kernels; kernels: "
-                         "also length-grouped batches and torch.compile")
+                         "also length-grouped batches and torch.compile; compile: liger-kernel, batches padded "
+                         "to a multiple of 64, torch.compile")
     ap.add_argument("--profile-ppo", action="store_true", help="profile each variant's last iteration")
+    ap.add_argument("--mismatch", action="store_true",
+                    help="after the iterations, compare the samplers' token log-probs with the trainer's")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="with --profile-ppo: stop the profiler after this many policy steps of the update (0: "
                          "the whole iteration); the update's phase times cover all of it")

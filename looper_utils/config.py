@@ -188,6 +188,10 @@ class PPOConfig:
     # bf16 autocast (adapters, optimiser and log-prob arithmetic in fp32); "fp32": fp32 throughout
     precision: str = "auto"
     trainer: str = "ours"  # "ours" (looper_utils.ppo) | "trl-grpo" (TRL's GRPOTrainer, ppo.trl_grpo)
+    # what the rollouts are sampled from: "adapters" (the policy adapter applied inside the sampler),
+    # "merged" (a copy with the adapter merged into each weight, remade from the adapter every iteration:
+    # fewer kernels per token) or "auto" (merged with the rollout engine on a GPU where it fits)
+    sampling: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,8 @@ def _validate(cfg: Config) -> None:
          "eval.test_sets entries must be platinum, gsm8k_test or dev"),
         (cfg.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be 'constant' or 'linear'"),
         (cfg.ppo.precision in ("auto", "fp32"), "ppo.precision must be 'auto' or 'fp32'"),
+        (cfg.ppo.sampling in ("auto", "merged", "adapters"), f"ppo.sampling={cfg.ppo.sampling!r}: use 'auto', "
+         "'merged' (a merged copy of the policy) or 'adapters' (the adapter applied inside the sampler)"),
         (cfg.ppo.critic in ("separate", "shared"), f"ppo.critic={cfg.ppo.critic!r} is not a critic: it must be "
          "'separate' (its own LoRA adapter) or 'shared' (a value head on the policy's hidden states)"),
         (cfg.ppo.trainer in ("ours", "trl-grpo"), f"ppo.trainer={cfg.ppo.trainer!r} is not a trainer: it must be "

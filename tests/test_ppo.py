@@ -494,6 +494,59 @@ def test_the_rollout_engine_is_made_once(setup, tmp_path, monkeypatch):
     assert len(first.samples) == tr.p.prompts_per_iter * tr.p.k
 
 
+def test_merged_sampling_draws_what_the_adapters_draw_and_follows_the_update(setup, tmp_path):
+    eng_set = {"rollouts.backend": "engine"}
+    plain = _trainer(setup, tmp_path / "a", sampling="adapters", **eng_set)
+    merged = _trainer(setup, tmp_path / "m", sampling="merged", **eng_set)
+    auto = _trainer(setup, tmp_path / "u", **eng_set)
+    texts = lambda roll: [s.text for s in roll.samples]  # noqa: E731
+    first = merged.sample(0)
+    assert texts(first) == texts(plain.sample(0))  # fp32: the same draws from the same seed
+    assert (merged.sampling, plain.sampling) == ("merged", "adapters")
+    assert merged._engine.model is merged._merged.model  # the engine runs the copy, made once
+    copy_model = merged._merged.model
+    auto.sample(0)
+    assert auto.sampling == "adapters" and "on cpu" in auto.sampling_why  # auto: merged on a GPU only
+    merged.iterate(1)  # an update moves the policy adapter; the next rollout refreshes the copy first
+    merged.sample(2)
+    assert merged._merged.model is copy_model
+    ids = first.batch.input_ids[:4]
+    att = first.batch.attention_mask[:4]
+    with torch.no_grad(), merged.policy() as model:
+        want = model(input_ids=ids, attention_mask=att).logits
+    got = copy_model(input_ids=ids, attention_mask=att).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), merged.reference() as model:
+        ref = model(input_ids=ids, attention_mask=att).logits
+    assert (ref - want).abs().max() > 1e-4  # the update did move the policy away from the SFT weights
+
+
+def test_right_padded_rows_need_no_padding_mask(setup, tmp_path):
+    tr = _trainer(setup, tmp_path / "r")
+    b = _batch(tr)
+    lengths = b.attention_mask.sum(1)
+    assert lengths.min() < lengths.max()  # rows of different lengths: there is padding to keep out
+    real = b.attention_mask[:, 1:].bool()
+    with torch.no_grad():
+        for adapter in (POLICY, REF):
+            masked = tr.pv.token_logprobs(adapter, b.input_ids, b.attention_mask)[0]
+            causal = tr.pv.token_logprobs(adapter, b.input_ids, b.attention_mask, right_padded=True)[0]
+            assert torch.allclose(causal[real], masked[real], atol=1e-5)
+            assert torch.equal(causal[~real], masked[~real])  # 0 after each row's end either way
+        v_masked = tr.pv.values(b.input_ids, b.attention_mask)
+        v_causal = tr.pv.values(b.input_ids, b.attention_mask, right_padded=True)
+    assert torch.allclose(v_causal[real], v_masked[real], atol=1e-5)
+    assert tr.pv.decoder_mask(b.attention_mask, True) is None
+    assert tr.pv.decoder_mask(b.attention_mask, False) is b.attention_mask
+    # a left-padded row is what right_padded must not be used for: its numbers change without the mask
+    left = torch.cat([b.input_ids.new_full((1, 3), tr.tok.pad_token_id), b.input_ids[:1]], 1)
+    left_att = torch.cat([b.attention_mask.new_zeros((1, 3)), b.attention_mask[:1]], 1)
+    with torch.no_grad():
+        ok = tr.pv.token_logprobs(POLICY, left, left_att)[0][:, 3:]
+        wrong = tr.pv.token_logprobs(POLICY, left, left_att, right_padded=True)[0][:, 3:]
+    assert (ok - wrong).abs().max() > 1e-3
+
+
 def _count_decoder_passes(tr, monkeypatch) -> list[int]:
     """A list that grows by one at each forward of the shared base's decoder."""
     calls: list[int] = []

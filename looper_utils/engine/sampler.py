@@ -80,7 +80,8 @@ class Engine(CachedForward):
     columns (one graph per slice length). ``cuda_graphs``: None means on CUDA.
     ``compact``: at each EOS check, once at most half the rows are still
     running, move them to the front of the cache and decode only those (row
-    count rounded up to 8, one more set of graphs per size).
+    count rounded up to a power of two, at least 8: one set of graphs per
+    size, reused by later calls).
     """
 
     def __init__(self, model, *, attention: str = "auto", fused="auto", kv_bucket: int = 64,
@@ -356,7 +357,7 @@ class Engine(CachedForward):
                 running = int((~finished).sum())  # the one host sync, every check_every steps
                 if running == 0:
                     break
-                keep = _round_up(running, 8)
+                keep = _bucket(running)
                 if self.compact and keep <= self._n // 2:
                     order = torch.argsort(finished.to(torch.int8), stable=True)[:keep]  # running rows first
                     self._compact(order)
@@ -370,6 +371,12 @@ class Engine(CachedForward):
                             n_new_tokens=int(lengths.sum()), prefill_seconds=t_prefill, decode_steps=steps,
                             attention=self.attention, fused=self.fused, cuda_graphs=self.use_graphs,
                             compactions=compactions)
+
+
+def _bucket(running: int) -> int:
+    """Rows kept after a compaction: a power of two (at least 8), so that the sizes -- and the CUDA graphs
+    captured for them -- are the same from one call to the next (PPO samples every iteration)."""
+    return max(8, 1 << (running - 1).bit_length())
 
 
 def _lengths(seqs: torch.Tensor, eos, n_new: int):

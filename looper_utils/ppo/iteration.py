@@ -46,12 +46,41 @@ from ..regime_w.bandits import learning_signal, make_bandit
 from ..regime_w.reward import components, reward
 from ..regime_w.scoring import score
 
-__all__ = ["PPOIteration"]
+__all__ = ["PPOIteration", "sampling_choice"]
 
 
 def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
     """Right-pad the last dimension of ``x`` with zeros to ``length``."""
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def sampling_choice(setting: str, model, device: torch.device, backend: str) -> tuple[bool, str]:
+    """(sample from a merged copy?, why) for ``ppo.sampling``.
+
+    ``"adapters"``: the policy adapter applied inside the sampler. ``"merged"``: a merged copy
+    (``engine.merged.MergedCopy``); a ValueError names the reason when the model has none (a quantised
+    base, a LoRA variant). ``"auto"``: merged with the rollout engine on a GPU, where the copy is possible
+    and takes at most a fifth of the GPU's memory (48 MB for `demo`, about 13 GiB for the 8B base in bf16);
+    on the CPU the adapters stay in, which keeps `smoke`'s samples those of the fp32 policy itself.
+    """
+    from ..engine.merged import merged_bytes, why_not_merged
+
+    if setting == "adapters":
+        return False, "ppo.sampling='adapters'"
+    reason = why_not_merged(model)
+    if setting == "merged":
+        if reason:
+            raise ValueError(f"ppo.sampling='merged' is not possible here: {reason}; use ppo.sampling='adapters' "
+                             "or 'auto'")
+        return True, "ppo.sampling='merged'"
+    if reason:
+        return False, reason
+    if backend != "engine" or device.type != "cuda":
+        return False, f"rollouts.backend={backend!r} on {device.type}: the copy is for the engine on a GPU"
+    need, total = merged_bytes(model), torch.cuda.get_device_properties(device).total_memory
+    if need > total / 5:
+        return False, f"the copy would take {need / 2**30:.1f} of {total / 2**30:.0f} GiB"
+    return True, f"a merged copy of {need / 2**20:.0f} MiB"
 
 
 class PPOIteration:
@@ -92,6 +121,8 @@ class PPOIteration:
         self.sched_v = torch.optim.lr_scheduler.LambdaLR(self.opt_v, lambda i: 1.0)
         self.iteration = 0
         self._engine = None  # the rollout engine, made by the first sample()
+        self._merged = None  # the policy's merged copy that sample() draws from (ppo.sampling), or None
+        self.sampling, self.sampling_why = "", ""  # "merged" or "adapters", and why: chosen by the first sample()
 
     # -- one iteration ----------------------------------------------------------
     def _pick_prompts(self, it: int) -> tuple[list[dict], list[int]]:
@@ -120,16 +151,16 @@ class PPOIteration:
                 done: dict[str, torch.Tensor] = {}
                 if self.pv.shared_critic and "logp" in roles and "values" in roles:  # one pass for both
                     logp, _, v = self.pv.forward_roles(POLICY, ids, att, mask=m, temperature=self.p.temperature,
-                                                       with_values=True)
+                                                       with_values=True, right_padded=True)
                     done = {"logp": logp, "values": v * m}
                 for role in roles:
                     if role in done:
                         x = done[role]
                     elif role == "values":
-                        x = self.pv.values(ids, att) * m
+                        x = self.pv.values(ids, att, right_padded=True) * m
                     else:
                         x = self.pv.token_logprobs(POLICY if role == "logp" else REF, ids, att, mask=m,
-                                                   temperature=self.p.temperature)[0]
+                                                   temperature=self.p.temperature, right_padded=True)[0]
                     outs[role].append(_pad_to(x, full))
         cat = {k: torch.cat(v) for k, v in outs.items()}
         return {k: torch.empty_like(x).index_copy_(0, order, x) for k, x in cat.items()}  # back to b's order
@@ -161,12 +192,31 @@ class PPOIteration:
         """Steps 1-2: the bandit picks each prompt's arm, the policy samples ``k`` completions per prompt."""
         rows, arm_ids = self._pick_prompts(it)
         with self.policy() as model:
+            model = self._sampling_model(model)
             res = generate(model, self.tok, [prompts.build_prompt(r["question"], self.tok, self.style) for r in rows],
                            n=self.p.k, max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
                            batch_size=max(self.p.minibatch_size, len(rows) * self.p.k), seed=self.cfg.seed * 100_003 + it,
                            progress=False, backend=self.cfg.rollouts.backend, engine=self._sampler(model))
         self._release_sampler()
         return Rollout(it, rows, arm_ids, res, make_batch(res.samples, self.tok.pad_token_id, self.device))
+
+    def _sampling_model(self, model):
+        """What the rollouts are drawn from: the policy itself, its adapter applied inside the engine, or a
+        merged copy of it (``ppo.sampling``, ``engine.merged``), made once and refreshed from the adapters
+        before every rollout."""
+        if not self.sampling:
+            merged, why = sampling_choice(self.p.sampling, model, self.device, self.cfg.rollouts.backend)
+            self.sampling = "merged" if merged else "adapters"
+            self.sampling_why = why
+            if merged:
+                from ..engine.merged import MergedCopy
+
+                self._merged = MergedCopy(model)  # refreshed as it is made
+                return self._merged.model
+        if self._merged is None:
+            return model
+        self._merged.refresh()
+        return self._merged.model
 
     def _sampler(self, model):
         """The rollout engine, made once and kept: its checks, KV cache and CUDA graphs are reused by every
@@ -311,7 +361,8 @@ class PPOIteration:
                 cut = lambda x: x[idx][:, :width - 1]  # noqa: E731 - the minibatch's rows and columns
                 shared = p.advantage == "gae" and self.pv.shared_critic  # one forward, one backward for both
                 logp, ent, v = self.pv.forward_roles(POLICY, ids, att, with_entropy=True, mask=m,
-                                                     temperature=self.p.temperature, with_values=shared)
+                                                     temperature=self.p.temperature, with_values=shared,
+                                                     right_padded=True)
                 old_logp = cut(old["logp"])
                 pl, clipfrac = policy_loss(logp, old_logp, cut(adv), m, p.clip_range)
                 loss = pl - p.ent_coef * masked_mean(ent, m)
@@ -334,7 +385,7 @@ class PPOIteration:
                     agg["approx_kl"].append(masked_mean(0.5 * (logp - old_logp) ** 2, m))
                 if p.advantage == "gae" and not shared:
                     with self.pv.use(VALUE):  # backward inside: checkpointing re-runs the value forward
-                        v = self.pv.values(ids, att)
+                        v = self.pv.values(ids, att, right_padded=True)
                         vl = value_loss(v, cut(old["values"]), cut(ret), m, p.value_clip)
                         self.opt_v.zero_grad(set_to_none=True)
                         vl.backward()

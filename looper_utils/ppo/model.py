@@ -222,21 +222,31 @@ class PolicyValue(nn.Module):
                 yield
 
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
+                       right_padded: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(token_t | prefix) for t >= 1, shape [B, L-1]; optionally the entropy at each position.
 
         ``temperature`` scales the logits as sampling did, so the probabilities are those of the policy
         that produced the tokens (PPO's ratio and the KL are taken on that distribution). ``mask``
         ([B, L-1], e.g. ``Batch.mask``) picks the positions computed, by default every position whose
-        token is real (attention mask 1); the others are 0.
+        token is real (attention mask 1); the others are 0. ``right_padded``: see ``decoder_mask``.
         """
-        logp, ent, _ = self.forward_roles(adapter, input_ids, attention_mask, with_entropy, temperature, mask)
+        logp, ent, _ = self.forward_roles(adapter, input_ids, attention_mask, with_entropy, temperature, mask,
+                                          right_padded=right_padded)
         return logp, ent
+
+    @staticmethod
+    def decoder_mask(attention_mask: torch.Tensor, right_padded: bool) -> torch.Tensor | None:
+        """The attention mask the decoder is given: none for right-padded rows (PPO's ``Batch``), where the
+        causal mask alone keeps every real token from the padding after it. The decoder then builds no padding
+        mask, and scaled-dot-product attention may take FlashAttention, which takes no mask; the real tokens'
+        numbers are the same (positions are 0, 1, 2, ... either way), the padding's are not used."""
+        return None if right_padded else attention_mask
 
     def forward_roles(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
-                      with_values: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                      with_values: bool = False, right_padded: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``token_logprobs``, plus the values of the same forward when ``with_values`` (shared critic only:
         the value head reads the policy's hidden states). One pass over the base instead of two."""
         if with_values and not (self.shared_critic and adapter == POLICY):
@@ -244,7 +254,8 @@ class PolicyValue(nn.Module):
                              "and the policy adapter")
         with self.use(adapter), self.autocast():
             lm = self.model.get_base_model()
-            hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = lm.model(input_ids=input_ids, attention_mask=self.decoder_mask(attention_mask, right_padded),
+                              use_cache=False).last_hidden_state
             sel = (mask if mask is not None else attention_mask[:, 1:]).bool()
             h, target = hidden[:, :-1][sel], input_ids[:, 1:][sel]
             chunk = max(1, _LOGIT_CHUNK // lm.config.vocab_size)
@@ -263,11 +274,12 @@ class PolicyValue(nn.Module):
         values = self.value_head(hidden[:, :-1].float()).squeeze(-1) if with_values else None
         return logp, ent, values
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, right_padded: bool = False) -> torch.Tensor:
         """V(prefix) at the state before each token t >= 1, shape [B, L-1]."""
         with self.use(self.value_adapter), self.autocast():
             inner = self.model.get_base_model().model  # the decoder without the LM head
-            hidden = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = inner(input_ids=input_ids, attention_mask=self.decoder_mask(attention_mask, right_padded),
+                           use_cache=False).last_hidden_state
         return self.value_head(hidden[:, :-1].float()).squeeze(-1)
 
 
