@@ -9,7 +9,8 @@ checkpoints and resume.
 One iteration:
 
 1. the bandit picks the arm of each of the batch's prompts (Regime W's arms);
-2. the policy samples ``k`` completions per prompt (``generation.generate``);
+2. the policy samples ``k`` completions per prompt (``generation.generate``; on a GPU from a merged
+   copy of it, ``ppo.sampling``);
 3. Regime W scores each completion and turns the scores into one reward;
 4. old log-probs (policy), reference log-probs (SFT weights) and values in
    batched forwards;

@@ -32,6 +32,8 @@ PPO's minibatches change length from one to the next, and cuDNN builds a new
 attention graph for each shape on the CPU, 10-20 ms a call, which left the
 8B update waiting on the host for over half its time; FlashAttention or the
 memory-efficient kernel (which take a padding mask) have no such set-up.
+PPO's batches are right-padded, so its forwards give the decoder no padding
+mask at all (``right_padded``, ``decoder_mask``) and FlashAttention may run.
 Under bf16 autocast the adapters read their bf16 input as it is
 (``adapter_input_casts_off``): PEFT would cast each adapted projection's input
 to the adapters' fp32 and autocast would cast it straight back to bf16 for the
