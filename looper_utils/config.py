@@ -190,7 +190,8 @@ class PPOConfig:
     trainer: str = "ours"  # "ours" (looper_utils.ppo) | "trl-grpo" (TRL's GRPOTrainer, ppo.trl_grpo)
     # what the rollouts are sampled from: "adapters" (the policy adapter applied inside the sampler),
     # "merged" (a copy with the adapter merged into each weight, remade from the adapter every iteration:
-    # fewer kernels per token) or "auto" (merged with the rollout engine on a GPU where it fits)
+    # fewer kernels per token) or "auto" (merged with the rollout engine on a GPU where the copy is small:
+    # at most a twentieth of the GPU, as in demo; the 8B copy, 13 GiB, only with "merged")
     sampling: str = "auto"
 
 

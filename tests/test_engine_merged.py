@@ -143,6 +143,21 @@ def test_sampling_choice_follows_the_setting():
         sampling_choice("merged", _lora_model(use_dora=True), cpu, "engine")
 
 
+def test_auto_merges_on_a_gpu_only_where_the_copy_is_small(monkeypatch):
+    from types import SimpleNamespace
+
+    from looper_utils.ppo.iteration import sampling_choice
+
+    pm, gpu = _lora_model(), torch.device("cuda")
+    need = merged_bytes(pm)
+    for total, want in ((20 * need, True), (20 * need - 1, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, t=total: SimpleNamespace(total_memory=t))
+        merged, why = sampling_choice("auto", pm, gpu, "engine")
+        assert merged is want, why
+        assert ("twentieth" in why and "ppo.sampling='merged'" in why) if not want else "merged copy" in why
+    assert sampling_choice("auto", pm, gpu, "hf")[0] is False  # the copy is for the engine
+
+
 def test_config_rejects_an_unknown_sampling():
     from looper_utils import config
 
