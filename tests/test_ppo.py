@@ -625,3 +625,7 @@ def test_resume_signature_names_the_critic_only_when_shared(setup):
     assert "critic" not in sig and "value_coef" not in sig  # states saved before the fields still resume
     shared = resume_signature(cfg.override(stage="ppo", critic="shared", value_coef=0.5), train)["ppo"]
     assert shared["critic"] == "shared" and shared["value_coef"] == 0.5
+    # how the rollouts are sampled is not what is trained: states of either setting (and of releases before
+    # the field) continue under the other
+    assert "sampling" not in sig
+    assert resume_signature(cfg.override(stage="ppo", sampling="merged"), train) == resume_signature(cfg, train)
