@@ -129,6 +129,9 @@ def test_why_not_merged_names_the_reason():
     assert why_not_merged(_lora_model()) is None
     dora = _lora_model(use_dora=True)
     assert "DoRA" in why_not_merged(dora)
+    with pytest.warns(UserWarning, match="lora_bias"):  # PEFT: the projections have no bias of their own
+        biased = _lora_model(lora_bias=True)
+    assert "lora_bias" in why_not_merged(biased)
 
 
 def test_sampling_choice_follows_the_setting():

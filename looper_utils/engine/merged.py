@@ -55,6 +55,8 @@ def why_not_merged(model) -> str | None:
         for a in mod.active_adapters:
             if getattr(mod, "use_dora", {}).get(a) or getattr(mod, "lora_variant", {}).get(a) is not None:
                 return f"{name}: adapter {a!r} is a LoRA variant (e.g. DoRA); only plain LoRA is merged"
+            if getattr(mod, "lora_bias", {}).get(a):  # get_delta_weight leaves lora_B's bias out
+                return f"{name}: adapter {a!r} has a bias (lora_bias); only plain LoRA is merged"
     return None
 
 
