@@ -26,7 +26,9 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   liger-kernel``; builds the scratch base when the project has only 01's data);
   ``--sft-variants kernels`` adds length-grouped batches (``group_by_length``) and
   ``torch_compile``; ``--sft-variants compile`` times liger-kernel with batches padded to a multiple of 64
-  and a compiled model over those few shapes.
+  and a compiled model over those few shapes; ``--sft-variants layers`` times 02's default (compiled decoder
+  layers, no padding mask: ``sft_setup.training_forwards``) against liger-kernel and against the same
+  without compiled layers.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -93,6 +95,10 @@ def ppo_variant(args) -> dict:
         if args.mismatch:
             graphs["sampler_mismatch"] = _sampler_mismatch(tr, tr.sample(args.iterations))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    import torch._dynamo
+
+    graphs.update(compiled=getattr(tr.pv, "compile_why", "(earlier code)"),
+                  compiled_graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])
     return {"load_seconds": round(load, 2), "iterations": its, "peak_gib": peak, **graphs,
             **({"profile": prof} if args.profile_ppo else {})}
 
@@ -309,7 +315,7 @@ def run_sft(args, results: dict) -> None:
     from transformers import Trainer, TrainerCallback
     from trl import SFTTrainer
 
-    from looper_utils import config, data, modeling, sft
+    from looper_utils import config, data, modeling, sft, sft_setup
 
     cfg = config.build(args.profile, root=args.root, run_id=args.run_id, stage="sft", max_steps=args.steps,
                        logging_steps=10_000, save_steps=10_000)
@@ -335,14 +341,18 @@ def run_sft(args, results: dict) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    def one(name, trainer_cls, workers, profile=False, liger=False, **training_args):
+    def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, **training_args):
+        """``liger=None`` keeps 02's choice; ``forwards`` trains inside 02's ``training_forwards`` (compiled
+        layers where ``sft.compile`` says, no padding mask on a GPU); ``over``: SFT settings changed."""
+        c = cfg.override(stage="sft", **over) if over else cfg
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
         with tempfile.TemporaryDirectory() as work:
-            a = sft.make_sft_config(cfg, Path(work), device, progress=False)
+            a = sft.make_sft_config(c, Path(work), device, progress=False)
             a.dataloader_num_workers = workers
             a.dataloader_persistent_workers = workers > 0
-            a.use_liger_kernel = liger  # fused RMSNorm, SwiGLU, RoPE, linear + cross-entropy (liger-kernel)
+            if liger is not None:
+                a.use_liger_kernel = liger  # fused RMSNorm, SwiGLU, RoPE, linear + cross-entropy (liger-kernel)
             for key, value in training_args.items():  # e.g. group_by_length, torch_compile
                 setattr(a, key, value)
             clock = Clock()
@@ -357,6 +367,11 @@ def run_sft(args, results: dict) -> None:
                 table = p.key_averages().table(sort_by=key, row_limit=25)
                 (Path(args.out).parent / "sft_profile.txt").write_text(table)
                 print(table[:6000])
+            elif forwards:
+                with sft_setup.training_forwards(model, c, device) as why:
+                    t = time.perf_counter()
+                    tr.train()
+                    log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
             else:
                 tr.train()
         steps = clock.t[10:]
@@ -370,28 +385,30 @@ def run_sft(args, results: dict) -> None:
         one("trl+workers", SFTTrainer, 4)
         one("trl+workers+liger", SFTTrainer, 4, liger=True)
         return
-    if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
-        for name, kw in (("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
-                         ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
-                         ("+liger+compile+pad64", dict(liger=True, torch_compile=True, pad_to_multiple_of=64))):
+    def each(variants) -> None:
+        """``one`` per (name, keywords); a variant that fails (an optional package missing, a variant the stack
+        refuses) is recorded and the next runs; the results are written after each."""
+        for name, kw in variants:
             try:
                 one(name, SFTTrainer, 4, **kw)
             except Exception as exc:
                 results["sft"][name] = {"error": repr(exc)[:500]}
                 log(f"sft {name}: {exc!r}")
             Path(args.out).write_text(json.dumps(results, indent=1))
-        return
+
+    if args.sft_variants == "layers":  # 02's default (compiled layers, no padding mask) against liger-kernel
+        # liger-kernel last: it patches the Llama classes of the whole process, so a later variant would run it too
+        return each((("02 default", dict(liger=None, forwards=True)),
+                     ("02 default, eager layers", dict(liger=False, forwards=True, over={"compile": "off"})),
+                     ("+liger (sft.compile=off)", dict(liger=True))))
+    if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
+        return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
+                     ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
+                     ("+liger+compile+pad64", dict(liger=True, torch_compile=True, pad_to_multiple_of=64))))
     if args.sft_variants == "kernels":  # fused kernels, less padding, a compiled model
-        for name, kw in (("trl+workers", {}), ("+liger", dict(liger=True)), ("+group_by_length", dict(group_by_length=True)),
-                         ("+liger+group_by_length", dict(liger=True, group_by_length=True)),
-                         ("+torch_compile", dict(torch_compile=True))):
-            try:
-                one(name, SFTTrainer, 4, **kw)
-            except Exception as exc:  # an optional package missing, or a variant the stack refuses
-                results["sft"][name] = {"error": repr(exc)[:500]}
-                log(f"sft {name}: {exc!r}")
-            Path(args.out).write_text(json.dumps(results, indent=1))
-        return
+        return each((("trl+workers", {}), ("+liger", dict(liger=True)), ("+group_by_length", dict(group_by_length=True)),
+                     ("+liger+group_by_length", dict(liger=True, group_by_length=True)),
+                     ("+torch_compile", dict(torch_compile=True))))
     one("trl", SFTTrainer, 0)
     one("trl+workers", SFTTrainer, 4)
     one("plain-loss", PlainLoss, 0)
@@ -412,10 +429,11 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
-    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile"],
+    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile", "layers"],
                     help="liger: the default trainer with and without liger-kernel's fused kernels; kernels: "
                          "also length-grouped batches and torch.compile; compile: liger-kernel, batches padded "
-                         "to a multiple of 64, torch.compile")
+                         "to a multiple of 64, torch.compile; layers: 02's default (compiled layers) against "
+                         "liger-kernel and eager layers")
     ap.add_argument("--profile-ppo", action="store_true", help="profile each variant's last iteration")
     ap.add_argument("--mismatch", action="store_true",
                     help="after the iterations, compare the samplers' token log-probs with the trainer's")

@@ -86,6 +86,9 @@ class SFTStageConfig:
     # liger-kernel's fused RMSNorm, SwiGLU, RoPE and linear + cross-entropy, on a GPU where the package is
     # installed (the `gpu` extra) and the model is trained in full precision; measured in docs/benchmarks.md
     liger: bool = True
+    # the decoder layers compiled with torch.compile (looper_utils.compiled): "auto" (on a GPU, without
+    # activation recompute or a 4-bit base: demo), "on" or "off"; liger-kernel is left out when they are
+    compile: str = "auto"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     n_train: int = 0  # 0 = every training row
@@ -193,6 +196,10 @@ class PPOConfig:
     # fewer kernels per token) or "auto" (merged with the rollout engine on a GPU where the copy is small:
     # at most a twentieth of the GPU, as in demo; the 8B copy, 13 GiB, only with "merged")
     sampling: str = "auto"
+    # the update's forwards through decoder layers compiled with torch.compile (looper_utils.compiled): "off",
+    # "on", or "auto" (on a GPU, without gradient checkpointing or a 4-bit base). Off by default: in demo the
+    # compiler took about two minutes of the first iterations and saved well under that (docs/benchmarks.md)
+    compile: str = "off"
 
 
 @dataclass(frozen=True)

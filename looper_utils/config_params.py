@@ -342,6 +342,10 @@ def _validate(cfg: Config) -> None:
         (cfg.ppo.precision in ("auto", "fp32"), "ppo.precision must be 'auto' or 'fp32'"),
         (cfg.ppo.sampling in ("auto", "merged", "adapters"), f"ppo.sampling={cfg.ppo.sampling!r}: use 'auto', "
          "'merged' (a merged copy of the policy) or 'adapters' (the adapter applied inside the sampler)"),
+        (cfg.ppo.compile in ("auto", "on", "off"), f"ppo.compile={cfg.ppo.compile!r}: use 'auto', 'on' (compile "
+         "the decoder layers) or 'off'"),
+        (cfg.sft.compile in ("auto", "on", "off"), f"sft.compile={cfg.sft.compile!r}: use 'auto', 'on' (compile "
+         "the decoder layers) or 'off'"),
         (cfg.ppo.critic in ("separate", "shared"), f"ppo.critic={cfg.ppo.critic!r} is not a critic: it must be "
          "'separate' (its own LoRA adapter) or 'shared' (a value head on the policy's hidden states)"),
         (cfg.ppo.trainer in ("ours", "trl-grpo"), f"ppo.trainer={cfg.ppo.trainer!r} is not a trainer: it must be "

@@ -46,7 +46,7 @@ from .prompts import build_prompt, completion_starts_in_think
 from .sft_resume import (checkpoint_problem, checkpoint_step, last_checkpoint, resume_plan, trainer_dir,
                          trainer_signature)
 from .sft_setup import (TRACKERS, build_dataset, check_report_to, make_sft_config, select_train_rows,
-                        tracking_dir)
+                        tracking_dir, training_forwards)
 
 __all__ = ["SFTResult", "build_dataset", "select_train_rows", "make_sft_config", "train_sft", "trainer_dir",
            "dev_check", "TRACKERS", "check_report_to", "tracking_dir", "checkpoint_problem"]
@@ -65,6 +65,7 @@ class SFTResult:
     n_truncated: int = 0
     resumed_from_step: int | None = None
     n_params: dict[str, int] = field(default_factory=dict)
+    compiled: str = ""  # whether the decoder layers ran compiled, and why (sft.compile)
 
 
 def _share_checkpoints():
@@ -171,8 +172,9 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
             point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
             with _main_first(procs):
                 resume, finished = resume_plan(trainer, resume, main)
-            seconds = 0.0 if finished else \
-                float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
+            with training_forwards(model, cfg, device) as compiled_why:
+                seconds = 0.0 if finished else \
+                    float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
     model = trainer.model
     model.eval()
     history = [{"step": int(h["step"]), "loss": float(h["loss"])}
@@ -189,7 +191,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
                      train_steps=step, final_loss=history[-1]["loss"] if history else None,
                      n_examples=len(rows), n_truncated=too_long,
                      resumed_from_step=checkpoint_step(Path(resume)) if resume else None,
-                     n_params=n_params)
+                     n_params=n_params, compiled=compiled_why)
 
 
 def dev_check(model, tokenizer, rows: list[dict], *, style: str, max_new_tokens: int, batch_size: int,

@@ -15,6 +15,7 @@ PPO scores.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
+from .compiled import CompiledLayers, compile_choice, decoder_layers
 from .prompts import encode_completion, encode_prompt, sft_example
 
 __all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config",
@@ -96,8 +98,9 @@ def loader_workers(device: torch.device) -> int:
 
 def use_liger(cfg: config_mod.Config, device: torch.device) -> bool:
     """Whether SFT runs with liger-kernel's fused kernels (TRL's ``use_liger_kernel``): ``sft.liger``, a GPU,
-    the package importable, and a full-precision model trained in full (the `demo` case, where it was
-    measured: 76 -> 51 ms a step on one H200). LoRA and 4-bit bases keep the stock kernels: not measured.
+    the package importable, a full-precision model trained in full (the `demo` case, where it was measured:
+    76 -> 51 ms a step on one H200), and the layers not compiled (``sft.compile``, which fuses the same
+    passes). LoRA and 4-bit bases keep the stock kernels: not measured.
 
     >>> from looper_utils.config import build
     >>> use_liger(build("demo", stage="sft"), torch.device("cpu"))
@@ -106,7 +109,62 @@ def use_liger(cfg: config_mod.Config, device: torch.device) -> bool:
     import importlib.util
 
     return (cfg.sft.liger and device.type == "cuda" and not cfg.model.use_lora
-            and cfg.model.quantization == "none" and importlib.util.find_spec("liger_kernel") is not None)
+            and cfg.model.quantization == "none" and not compile_sft(cfg, device)[0]
+            and importlib.util.find_spec("liger_kernel") is not None)
+
+
+def recompute(cfg: config_mod.Config, device: torch.device) -> bool:
+    """Whether SFT recomputes activations (gradient checkpointing): on a GPU, for a LoRA or 4-bit base (the 8B)."""
+    return device.type == "cuda" and (cfg.model.use_lora or cfg.model.quantization != "none")
+
+
+def compile_sft(cfg: config_mod.Config, device: torch.device) -> tuple[bool, str]:
+    """(compile the decoder layers?, why) for ``sft.compile`` (``compiled.compile_choice``): ``auto`` compiles on
+    a GPU for a full-precision model trained in full (`demo`: 02's 1,565 steps in 82 s, 53 ms a step, against
+    73 ms before; docs/benchmarks.md), where it replaces liger-kernel's fused RMSNorm, SwiGLU and RoPE (the
+    compiler fuses the same passes).
+
+    >>> from looper_utils.config import build
+    >>> compile_sft(build("demo", stage="sft"), torch.device("cpu"))[0]
+    False
+    """
+    return compile_choice(cfg.sft.compile, "sft.compile", device, checkpointing=recompute(cfg, device),
+                          quantized=cfg.model.quantization != "none")
+
+
+def _drop_padding_mask(module, args, kwargs):
+    """Forward pre-hook: the decoder called without TRL's padding mask (see ``training_forwards``)."""
+    if kwargs.get("attention_mask") is not None:
+        kwargs["attention_mask"] = None
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def training_forwards(model, cfg: config_mod.Config, device: torch.device):
+    """The forwards of 02's training steps, for the ``with`` block around ``trainer.train()``; yields why the
+    layers are compiled or not (``compile_sft``).
+
+    - the decoder layers compiled where ``compile_sft`` says (``compiled.CompiledLayers``);
+    - on a GPU, the decoder called without the padding mask: TRL's collator pads every row on the right, so the
+      causal mask alone keeps each real token from the padding after it (positions are 0, 1, 2, ... either way,
+      and the padding's labels are -100), the decoder builds no [batch, 1, L, L] mask, and scaled-dot-product
+      attention may take FlashAttention. The trainer still sees the mask (TRL counts tokens from it). On the CPU
+      the masked path stays, which keeps `smoke`'s numbers those of earlier releases.
+
+    Both are undone on exit: generation after training runs the model as it was.
+    """
+    on, why = compile_sft(cfg, device)
+    compiled = CompiledLayers(decoder_layers(model)) if on else None
+    hooks = []
+    if device.type == "cuda":
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hooks.append(base.get_decoder().register_forward_pre_hook(_drop_padding_mask, with_kwargs=True, prepend=True))
+    try:
+        with compiled.active() if compiled else contextlib.nullcontext():
+            yield why
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.device, progress: bool = True):
@@ -122,7 +180,7 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
     cuda = device.type == "cuda"
     workers = loader_workers(device)
     # checkpointing trades compute for memory: worth it only for the 8B (LoRA/quantised) model on a GPU
-    checkpointing = cuda and (cfg.model.use_lora or cfg.model.quantization != "none")
+    checkpointing = recompute(cfg, device)
     with warnings.catch_warnings():  # newer transformers renamed the flag; the old name works on all 5.x
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
         return SFTConfig(

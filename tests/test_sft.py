@@ -141,9 +141,25 @@ def test_liger_kernels_only_on_a_gpu_for_a_full_precision_model(tmp_path, monkey
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
     gpu = torch.device("cuda")
-    demo = config.build("demo", stage="sft")
+    demo = config.build("demo", stage="sft", compile="off")
     assert sft_setup.use_liger(demo, gpu) and not sft_setup.use_liger(demo, torch.device("cpu"))
-    assert not sft_setup.use_liger(config.build("demo", stage="sft", liger=False), gpu)
+    assert not sft_setup.use_liger(config.build("demo", stage="sft", liger=False, compile="off"), gpu)
+    assert not sft_setup.use_liger(config.build("demo", stage="sft"), gpu)  # compiled layers instead (auto)
     assert not sft_setup.use_liger(config.build("full", stage="sft"), gpu)  # LoRA over a pretrained base
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
     assert not sft_setup.use_liger(demo, gpu)  # not installed: the stock kernels
+
+
+def test_sft_compiles_the_layers_where_auto_says():
+    from looper_utils import config, sft_setup
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert sft_setup.compile_sft(config.build("demo", stage="sft"), gpu)[0]
+    on, why = sft_setup.compile_sft(config.build("demo", stage="sft"), cpu)
+    assert not on and "CPU" in why
+    on, why = sft_setup.compile_sft(config.build("full", stage="sft"), gpu)  # LoRA + recompute
+    assert not on and "recomputed" in why
+    assert not sft_setup.compile_sft(config.build("demo", stage="sft", compile="off"), gpu)[0]
+    assert sft_setup.compile_sft(config.build("smoke", stage="sft", compile="on"), cpu) == (True, "sft.compile='on'")
+    with pytest.raises(ValueError, match="sft.compile='fast'"):
+        config.build("demo", stage="sft", compile="fast")

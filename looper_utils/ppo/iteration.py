@@ -97,6 +97,7 @@ class PPOIteration:
         self.device = self.dist.device(cfg)
         torch.manual_seed(cfg.seed)
         self.pv = PolicyValue(cfg, self.device)
+        self.compile_why = self.pv.compile_why  # whether the update runs compiled layers, and why (ppo.compile)
         self.tok = self.pv.tokenizer
         self.style = cfg.model.prompt_style
         self.think = prompts.completion_starts_in_think(self.tok, self.style)

@@ -60,6 +60,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import modeling
+from ..compiled import CompiledLayers, compile_choice, decoder_layers
 from ..config import Config
 
 POLICY, VALUE, REF = "policy", "value", "ref"
@@ -138,6 +139,13 @@ class PolicyValue(nn.Module):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        # the decoder layers compiled for the update (ppo.compile, looper_utils.compiled; off by default): the
+        # elementwise work of a `demo` minibatch fused, 73 -> 40 ms a step by itself (bench/train_step_floor.py),
+        # but about two minutes of compiling in the first iterations (docs/benchmarks.md)
+        four_bit = bool(getattr(model.get_base_model(), "is_loaded_in_4bit", False))
+        on, self.compile_why = compile_choice(cfg.ppo.compile, "ppo.compile", device,
+                                              checkpointing=cfg.ppo.gradient_checkpointing, quantized=four_bit)
+        self.compiled = CompiledLayers(decoder_layers(model)) if on else None
         hidden = model.config.hidden_size
         self.value_head = nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
@@ -215,8 +223,14 @@ class PolicyValue(nn.Module):
 
     @contextlib.contextmanager
     def autocast(self):
-        """A forward's settings: bf16 autocast where ``ppo.precision`` allows it, the attention backends."""
-        with self._kernels():
+        """A forward's settings: bf16 autocast where ``ppo.precision`` allows it, the attention backends, and, for
+        a forward with gradients (the update's), the compiled decoder layers where ``ppo.compile`` chose them.
+
+        Only the update runs compiled: the compiler makes a graph per setting it meets (gradients on or off, the
+        adapter, train or eval mode), each compiled once per run, and the forward without gradients is a fifth of
+        the update's time. Generation never comes here, and runs the layers' own forward."""
+        compiled = self.compiled is not None and torch.is_grad_enabled()
+        with self._kernels(), (self.compiled.active() if compiled else contextlib.nullcontext()):
             if self.bf16:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     yield

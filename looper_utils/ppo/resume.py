@@ -36,9 +36,10 @@ STATE_FORMAT = 1
 # PPO settings that may differ between a run and its continuation: how long it runs, how often it
 # evaluates and saves, where it logs, and whether activations are recomputed (same numbers).
 # how a run computes, not what it trains: a state continues under other values (sampling: a merged copy or
-# the adapter inside the sampler draw from the same policy up to bf16 rounding, engine.merged)
+# the adapter inside the sampler draw from the same policy up to bf16 rounding, engine.merged; compile: the
+# same layers, compiled or not)
 RESUME_FREE = ("iterations", "eval_every", "n_dev", "save_every", "resume", "report_to", "gradient_checkpointing",
-               "sampling")
+               "sampling", "compile")
 
 
 def resume_signature(cfg: Config, train_rows: list[dict]) -> dict[str, Any]:
