@@ -28,7 +28,9 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   ``torch_compile``; ``--sft-variants compile`` times liger-kernel with batches padded to a multiple of 64
   and a compiled model over those few shapes; ``--sft-variants layers`` times 02's default (compiled decoder
   layers, no padding mask: ``sft_setup.training_forwards``) against liger-kernel and against the same
-  without compiled layers.
+  without compiled layers; ``--sft-variants sync`` times 02's trainer (``sft_setup.sft_trainer_class``: no
+  host sync per step) against TRL's own with the previous release's settings, at 128 and 64 sequences a
+  step, synchronising the GPU only at the first timed step and the last.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -305,6 +307,8 @@ def run_ppo(args, results: dict) -> None:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
         results["ppo"][name] = json.loads(line[-1]) if p.returncode == 0 and line else {"error": p.stderr[-2000:]}
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        (Path(args.out).parent / f"ppo_{safe}.stderr.txt").write_text(p.stderr[-400_000:])  # e.g. TORCH_LOGS
         results["ppo"][name].update(settings=sets, process_seconds=round(time.perf_counter() - t, 1))
         log(json.dumps(results["ppo"][name]))
         Path(args.out).write_text(json.dumps(results, indent=1))  # a timeout keeps the variants done
@@ -327,11 +331,15 @@ def run_sft(args, results: dict) -> None:
     dataset, _ = sft.build_dataset(rows, tok, cfg.model.prompt_style, cfg.sft.max_length)
 
     class Clock(TrainerCallback):
-        def __init__(self):
-            self.t = []
+        """Step end times. ``sync``: the GPU synchronised at every step (per-step times, a median); otherwise only
+        at the first timed step and the last, so that the CPU may run ahead of the GPU as in 02, and only the mean
+        over the timed steps is measured."""
+
+        def __init__(self, sync: bool = True, skip: int = args.sft_skip):
+            self.t, self.sync, self.skip = [], sync, skip
 
         def on_step_end(self, a, state, control, **kw):
-            if torch.cuda.is_available():
+            if torch.cuda.is_available() and (self.sync or state.global_step in (self.skip + 1, state.max_steps)):
                 torch.cuda.synchronize()
             self.t.append(time.perf_counter())
 
@@ -341,9 +349,11 @@ def run_sft(args, results: dict) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, **training_args):
+    def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, sync=True,
+            blocking=False, **training_args):
         """``liger=None`` keeps 02's choice; ``forwards`` trains inside 02's ``training_forwards`` (compiled
-        layers where ``sft.compile`` says, no padding mask on a GPU); ``over``: SFT settings changed."""
+        layers where ``sft.compile`` says, no padding mask on a GPU); ``over``: SFT settings changed; ``sync``:
+        ``Clock``'s; ``blocking``: batches copied to the GPU with a host sync (transformers' default)."""
         c = cfg.override(stage="sft", **over) if over else cfg
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
@@ -355,7 +365,9 @@ def run_sft(args, results: dict) -> None:
                 a.use_liger_kernel = liger  # fused RMSNorm, SwiGLU, RoPE, linear + cross-entropy (liger-kernel)
             for key, value in training_args.items():  # e.g. group_by_length, torch_compile
                 setattr(a, key, value)
-            clock = Clock()
+            if blocking:
+                a.accelerator_config.non_blocking = False
+            clock = Clock(sync)
             tr = trainer_cls(model=model, args=a, train_dataset=dataset, processing_class=tok, callbacks=[clock])
             if profile:
                 from torch.profiler import ProfilerActivity, profile as prof
@@ -374,11 +386,13 @@ def run_sft(args, results: dict) -> None:
                     log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
             else:
                 tr.train()
-        steps = clock.t[10:]
+        steps = clock.t[clock.skip:]
         ms = 1000 * (steps[-1] - steps[0]) / max(1, len(steps) - 1)
         each = sorted(b - a for a, b in zip(steps, steps[1:])) or [0.0]
-        results["sft"][name] = {"ms_per_step": round(ms, 1), "median_ms": round(1000 * each[len(each) // 2], 1),
-                                "steps_timed": len(steps) - 1, "batch_size": cfg.sft.batch_size}
+        results["sft"][name] = {"ms_per_step": round(ms, 1), "steps_timed": len(steps) - 1,
+                                "batch_size": c.sft.batch_size, "synchronised_each_step": sync}
+        if sync:
+            results["sft"][name]["median_ms"] = round(1000 * each[len(each) // 2], 1)
         log(f"sft {name}: {ms:.1f} ms/step")
 
     if args.sft_variants == "liger":
@@ -386,11 +400,14 @@ def run_sft(args, results: dict) -> None:
         one("trl+workers+liger", SFTTrainer, 4, liger=True)
         return
     def each(variants) -> None:
-        """``one`` per (name, keywords); a variant that fails (an optional package missing, a variant the stack
-        refuses) is recorded and the next runs; the results are written after each."""
-        for name, kw in variants:
+        """``one`` per (name, keywords) (those ``--sft-pick`` names, by position); a variant that fails (an
+        optional package missing, a variant the stack refuses) is recorded and the next runs; the results are
+        written after each."""
+        pick = [int(i) for i in args.sft_pick.split(",")] if args.sft_pick else range(len(variants))
+        for name, kw in (variants[i] for i in pick):
             try:
-                one(name, SFTTrainer, 4, **kw)
+                kw = dict(kw)
+                one(name, kw.pop("cls", SFTTrainer), 4, **kw)
             except Exception as exc:
                 results["sft"][name] = {"error": repr(exc)[:500]}
                 log(f"sft {name}: {exc!r}")
@@ -401,6 +418,19 @@ def run_sft(args, results: dict) -> None:
         return each((("02 default", dict(liger=None, forwards=True)),
                      ("02 default, eager layers", dict(liger=False, forwards=True, over={"compile": "off"})),
                      ("+liger (sft.compile=off)", dict(liger=True))))
+    if args.sft_variants == "sync":  # 02's trainer (metrics read at logging time, no host sync per step) and before
+        ours = sft_setup.sft_trainer_class()
+        logs = config.build(args.profile, stage="sft").sft.logging_steps  # 02 logs (and reads metrics) this often
+        skip = dict(sync=False, over={"logging_steps": logs})
+        return each((("02 default", dict(cls=ours, liger=None, forwards=True, **skip)),
+                     ("TRL's compute_loss, NaN check, blocking copies (the previous release)",
+                      dict(liger=None, forwards=True, blocking=True, logging_nan_inf_filter=True, **skip)),
+                     ("02 default, 64 sequences a step", dict(cls=ours, liger=None, forwards=True, sync=False,
+                                                              over={"logging_steps": logs, "batch_size": 64})),
+                     ("02 default, eager layers", dict(cls=ours, liger=False, forwards=True, sync=False,
+                                                       over={"logging_steps": logs, "compile": "off"})),
+                     ("02 default, rows padded to a multiple of 16", dict(cls=ours, liger=None, forwards=True,
+                                                                          pad_to_multiple_of=16, **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
@@ -426,10 +456,12 @@ def main() -> int:
     ap.add_argument("--out", default="overhead.json")
     ap.add_argument("--old-code", default="", help="a folder holding an older looper_utils, timed as the baseline")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--sft-skip", type=int, default=10, help="SFT steps before the timed ones (compiles happen there)")
+    ap.add_argument("--sft-pick", default="", help="comma-separated positions of the --sft-variants set to run")
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
-    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile", "layers"],
+    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile", "layers", "sync"],
                     help="liger: the default trainer with and without liger-kernel's fused kernels; kernels: "
                          "also length-grouped batches and torch.compile; compile: liger-kernel, batches padded "
                          "to a multiple of 64, torch.compile; layers: 02's default (compiled layers) against "

@@ -46,7 +46,7 @@ from .prompts import build_prompt, completion_starts_in_think
 from .sft_resume import (checkpoint_problem, checkpoint_step, last_checkpoint, resume_plan, trainer_dir,
                          trainer_signature)
 from .sft_setup import (TRACKERS, build_dataset, check_report_to, make_sft_config, select_train_rows,
-                        tracking_dir, training_forwards)
+                        sft_trainer_class, tracking_dir, training_forwards)
 
 __all__ = ["SFTResult", "build_dataset", "select_train_rows", "make_sft_config", "train_sft", "trainer_dir",
            "dev_check", "TRACKERS", "check_report_to", "tracking_dir", "checkpoint_problem"]
@@ -138,8 +138,6 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
     A disk that fills up while saving raises ``artifacts.DiskFullError``
     ("no space left on <path> ...").
     """
-    from trl import SFTTrainer
-
     device = device or resolve_device(cfg.device)
     out = Path(output_dir) if output_dir is not None else sft_dir(cfg)
     work = trainer_dir(cfg) if output_dir is None else out.with_name(out.name + "-trainer")
@@ -167,7 +165,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
         with quiet_progress(), warnings.catch_warnings():
             # TRL 1.x asks for hub kernels instead of use_liger_kernel; those need the network (sft_setup.use_liger)
             warnings.filterwarnings("ignore", message=".*use_liger_kernel.*", category=FutureWarning)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            trainer = sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[_share_checkpoints(), _progress_lines()])
             point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
             with _main_first(procs):

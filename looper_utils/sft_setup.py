@@ -29,7 +29,7 @@ from .compiled import CompiledLayers, compile_choice, decoder_layers
 from .prompts import encode_completion, encode_prompt, sft_example
 
 __all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config",
-           "loader_workers"]
+           "loader_workers", "sft_trainer_class"]
 
 # report_to value -> (the package it imports, how to install it)
 TRACKERS = {"none": (None, ""),
@@ -167,12 +167,83 @@ def training_forwards(model, cfg: config_mod.Config, device: torch.device):
             h.remove()
 
 
+_TRAINER_CLASS = None
+
+
+def sft_trainer_class():
+    """TRL's ``SFTTrainer`` with its per-step metrics read back from the GPU when they are logged, not every step.
+
+    TRL's ``compute_loss`` turns the step's token entropy, token accuracy and token count into Python numbers
+    between the forward and the backward pass: four host synchronisations a step, after which the GPU waits
+    for the CPU to launch the backward. For `demo`'s small model, whose step is mostly launch-bound, that gap is
+    a large part of the step (docs/benchmarks.md). This subclass computes the same loss from the same fused
+    head and keeps the four counts on the device; ``log`` turns them into TRL's metrics (the same values,
+    averaged over the same steps) just before TRL averages them. Any step that is not the plain causal-LM loss
+    (a custom loss, label smoothing, DFT, a mixture-of-experts auxiliary loss, sequence parallelism, padding-free
+    batches, evaluation) and a TRL without the fused head goes through TRL's own ``compute_loss``.
+
+    Subclassing rather than writing a trainer: TRL keeps the data collation, completion-only labels, schedule,
+    checkpoints and resume that 02 relies on.
+    """
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is not None:
+        return _TRAINER_CLASS
+    import trl.trainer.sft_trainer as trl_sft
+
+    fused_head = hasattr(trl_sft, "add_fused_lm_head")
+
+    class DeferredMetricsSFTTrainer(trl_sft.SFTTrainer):
+        def _deferred(self, model, inputs, return_outputs) -> bool:
+            return (fused_head and model.training and not return_outputs and self.compute_loss_func is None
+                    and self.label_smoother is None and getattr(self.args, "loss_type", "nll") == "nll"
+                    and not getattr(self, "aux_loss_enabled", False) and "attention_mask" in inputs
+                    and getattr(self.accelerator, "parallelism_config", None) is None
+                    and hasattr(self, "_total_train_tokens") and hasattr(self, "_tp_size"))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self._deferred(model, inputs, return_outputs):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            counts = torch.stack([outputs.label_mask.sum().double(), outputs.entropy.detach().sum().double(),
+                                  outputs.is_top1.sum().double(), inputs["attention_mask"].sum().double()])
+            # one row per process, gathered as TRL gathers its four numbers (the last batch of an epoch included)
+            self.__dict__.setdefault("_pending_counts", []).append(self.accelerator.gather_for_metrics(counts[None]))
+            return loss
+
+        def _flush_counts(self) -> None:
+            pending = self.__dict__.get("_pending_counts")
+            if not pending:
+                return
+            rows = torch.stack([c.sum(0) for c in pending]).tolist()  # one read for all the steps
+            pending.clear()
+            metrics = self._metrics["train"]
+            for valid, entropy, correct, tokens in rows:
+                metrics["entropy"].append(entropy / valid if valid > 0 else 0.0)
+                metrics["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+                self._total_train_tokens += int(tokens) // self._tp_size
+            metrics["num_tokens"] = [self._total_train_tokens]
+
+        def log(self, logs, *args, **kwargs):
+            self._flush_counts()
+            return super().log(logs, *args, **kwargs)
+
+    _TRAINER_CLASS = DeferredMetricsSFTTrainer
+    return _TRAINER_CLASS
+
+
 def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.device, progress: bool = True):
     """TRL ``SFTConfig`` from the stage config; CPU runs get fp32, no gradient checkpointing.
 
     On a GPU, batches are collated by ``loader_workers`` background processes: for the demo's small
     model, padding 128 sequences in the training process was a third of each step (docs/benchmarks.md);
-    and liger-kernel's fused kernels run where ``use_liger`` says.
+    they are copied to the GPU without a host sync; and liger-kernel's fused kernels run where ``use_liger``
+    says.
     """
     from trl import SFTConfig
 
@@ -193,6 +264,9 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             gradient_checkpointing=checkpointing, optim="adamw_torch_fused" if cuda else "adamw_torch",
             dataloader_pin_memory=cuda, dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0,
+            # batches copied to the GPU without waiting (from pinned memory), and no per-step NaN check of the
+            # loss (a host sync; a NaN loss then shows in the logged loss rather than being averaged away)
+            accelerator_config={"non_blocking": cuda}, logging_nan_inf_filter=False,
             use_liger_kernel=use_liger(cfg, device),
             report_to=check_report_to(s.report_to), seed=cfg.seed,
             data_seed=cfg.seed, disable_tqdm=not progress, run_name=f"{cfg.run_id}-02_sft", project="looper",

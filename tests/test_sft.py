@@ -163,3 +163,45 @@ def test_sft_compiles_the_layers_where_auto_says():
     assert sft_setup.compile_sft(config.build("smoke", stage="sft", compile="on"), cpu) == (True, "sft.compile='on'")
     with pytest.raises(ValueError, match="sft.compile='fast'"):
         config.build("demo", stage="sft", compile="fast")
+
+
+def _logged(trainer_cls, cfg, rows, work, **arg_changes):
+    """The log history of 6 SFT steps of the tiny model, logged every 2 steps, with ``trainer_cls``."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model, tok = modeling.build_or_load_base(cfg, rows, device=CPU)
+    dataset, _ = sft.build_dataset(rows, tok, cfg.model.prompt_style, cfg.sft.max_length)
+    args = dataclasses.replace(sft.make_sft_config(cfg, work, CPU, progress=False), **arg_changes)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.train()
+    return trainer, [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("changes", [{}, {"loss_type": "dft"}])
+def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, changes):
+    """02's trainer reads the step metrics back at logging time; the loss, gradients and every logged number are
+    TRL's own (a DFT loss goes through TRL's code unchanged)."""
+    from trl import SFTTrainer
+
+    from looper_utils import sft_setup
+
+    cfg = tiny_cfg(tmp_path, max_steps=6, logging_steps=2, save_steps=100)
+    rows = rows[:18]  # 3 steps an epoch, the last of 2 rows: TRL gathers its metrics specially there
+    ours, ours_log = _logged(sft_setup.sft_trainer_class(), cfg, rows, tmp_path / "a", **changes)
+    _, trl_log = _logged(SFTTrainer, cfg, rows, tmp_path / "b", **changes)
+    assert [h["step"] for h in ours_log] == [1, 2, 4, 6] == [h["step"] for h in trl_log]
+    for a, b in zip(ours_log, trl_log):
+        for key in ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
+    assert ours_log[-1]["num_tokens"] > ours_log[0]["num_tokens"] > 0
+    assert 0 < ours_log[-1]["mean_token_accuracy"] <= 1 and ours_log[-1]["entropy"] > 0
+    assert ours.__dict__.get("_pending_counts", []) == []  # everything read back by the last log
+    deferred = ours._deferred(ours.model, {"attention_mask": None}, False)
+    assert deferred == (not changes)  # the plain loss is ours; DFT stayed TRL's
+
+
+def test_sft_config_copies_batches_without_a_host_sync(tmp_path):
+    cfg = _tiny.tiny_cfg(tmp_path)
+    cpu = sft.make_sft_config(cfg, tmp_path / "work", CPU)
+    assert not cpu.logging_nan_inf_filter and not cpu.accelerator_config.non_blocking
