@@ -430,7 +430,10 @@ def run_sft(args, results: dict) -> None:
                      ("02 default, eager layers", dict(cls=ours, liger=False, forwards=True, sync=False,
                                                        over={"logging_steps": logs, "compile": "off"})),
                      ("02 default, rows padded to a multiple of 16", dict(cls=ours, liger=None, forwards=True,
-                                                                          pad_to_multiple_of=16, **skip))))
+                                                                          pad_to_multiple_of=16, **skip)),
+                     ("02 default with TRL's fused head (a boolean index, a host sync a step)",
+                      dict(cls=type("FusedHead", (ours,), {"full_logits_max": 0}), liger=None, forwards=True,
+                           **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),

@@ -168,6 +168,26 @@ def training_forwards(model, cfg: config_mod.Config, device: torch.device):
 
 
 _TRAINER_CLASS = None
+# 2**26 logits (256 MiB in fp32): `demo` (128 rows x up to 512 tokens x 512 ids) is under it, the 8B's 128k
+# vocabulary is far over it
+_FULL_LOGITS_MAX = 1 << 26
+
+
+def _token_stats(model, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-prob of each label, entropy, label is the top token, label mask), [B, L-1] each, 0 where the label is
+    -100: what TRL's fused head returns, from the model's own logits over every position. On a GPU TRL's head
+    picks the labelled positions with a boolean index, whose size the CPU must wait for; for a small
+    vocabulary the logits of every position cost less than that wait."""
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"})
+    logits = out.logits[:, :-1].float()
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits, dim=-1)
+    log_probs = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1).masked_fill(~mask, 0.0)
+        is_top1 = (logits.argmax(-1) == labels) & mask
+    return log_probs, entropy, is_top1, mask
 
 
 def sft_trainer_class():
@@ -175,10 +195,12 @@ def sft_trainer_class():
 
     TRL's ``compute_loss`` turns the step's token entropy, token accuracy and token count into Python numbers
     between the forward and the backward pass: four host synchronisations a step, after which the GPU waits
-    for the CPU to launch the backward. For `demo`'s small model, whose step is mostly launch-bound, that gap is
-    a large part of the step (docs/benchmarks.md). This subclass computes the same loss from the same fused
-    head and keeps the four counts on the device; ``log`` turns them into TRL's metrics (the same values,
-    averaged over the same steps) just before TRL averages them. Any step that is not the plain causal-LM loss
+    for the CPU to launch the backward; and on a GPU its fused head selects the labelled positions with a
+    boolean index, one more. For `demo`'s small model, whose step is mostly launch-bound, that gap is a large
+    part of the step (docs/benchmarks.md). This subclass computes the same loss, from the model's own logits
+    where the vocabulary is small (``_token_stats``; the 8B keeps TRL's fused head), and keeps the four counts
+    on the device; ``log`` turns them into TRL's metrics (the same values, averaged over the same steps) just
+    before TRL averages them. Any step that is not the plain causal-LM loss
     (a custom loss, label smoothing, DFT, a mixture-of-experts auxiliary loss, sequence parallelism, padding-free
     batches, evaluation) and a TRL without the fused head goes through TRL's own ``compute_loss``.
 
@@ -193,6 +215,9 @@ def sft_trainer_class():
     fused_head = hasattr(trl_sft, "add_fused_lm_head")
 
     class DeferredMetricsSFTTrainer(trl_sft.SFTTrainer):
+        # batch positions x vocabulary up to which a step takes the model's own logits instead of TRL's fused head
+        full_logits_max = _FULL_LOGITS_MAX
+
         def _deferred(self, model, inputs, return_outputs) -> bool:
             return (fused_head and model.training and not return_outputs and self.compute_loss_func is None
                     and self.label_smoother is None and getattr(self.args, "loss_type", "nll") == "nll"
@@ -205,13 +230,18 @@ def sft_trainer_class():
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             inputs["use_cache"] = False
-            outputs = model(**inputs, fused_lm_head=True)
-            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            if inputs["input_ids"].numel() * vocab <= self.full_logits_max:
+                log_probs, entropy, is_top1, label_mask = _token_stats(model, inputs)
+            else:
+                out = model(**inputs, fused_lm_head=True)
+                log_probs, entropy, is_top1, label_mask = out.log_probs, out.entropy, out.is_top1, out.label_mask
+            num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            counts = torch.stack([outputs.label_mask.sum().double(), outputs.entropy.detach().sum().double(),
-                                  outputs.is_top1.sum().double(), inputs["attention_mask"].sum().double()])
+            counts = torch.stack([label_mask.sum().double(), entropy.detach().sum().double(),
+                                  is_top1.sum().double(), inputs["attention_mask"].sum().double()])
             # one row per process, gathered as TRL gathers its four numbers (the last batch of an epoch included)
             self.__dict__.setdefault("_pending_counts", []).append(self.accelerator.gather_for_metrics(counts[None]))
             return loss

@@ -178,17 +178,26 @@ def _logged(trainer_cls, cfg, rows, work, **arg_changes):
     return trainer, [h for h in trainer.state.log_history if "loss" in h]
 
 
-@pytest.mark.parametrize("changes", [{}, {"loss_type": "dft"}])
-def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, changes):
+@pytest.mark.parametrize("variant", ["own logits", "fused head", "dft"])
+def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, variant):
     """02's trainer reads the step metrics back at logging time; the loss, gradients and every logged number are
-    TRL's own (a DFT loss goes through TRL's code unchanged)."""
+    TRL's own, from the model's logits (a small vocabulary) or TRL's fused head (a large one); a DFT loss goes
+    through TRL's code unchanged."""
     from trl import SFTTrainer
 
     from looper_utils import sft_setup
 
+    ours_cls = sft_setup.sft_trainer_class()
+    if variant == "fused head":
+        ours_cls = type("FusedHead", (ours_cls,), {"full_logits_max": 0})
+    changes = {"loss_type": "dft"} if variant == "dft" else {}
+    calls = []
+    real_stats = sft_setup._token_stats
     cfg = tiny_cfg(tmp_path, max_steps=6, logging_steps=2, save_steps=100)
     rows = rows[:18]  # 3 steps an epoch, the last of 2 rows: TRL gathers its metrics specially there
-    ours, ours_log = _logged(sft_setup.sft_trainer_class(), cfg, rows, tmp_path / "a", **changes)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sft_setup, "_token_stats", lambda *a: calls.append(1) or real_stats(*a))
+        ours, ours_log = _logged(ours_cls, cfg, rows, tmp_path / "a", **changes)
     _, trl_log = _logged(SFTTrainer, cfg, rows, tmp_path / "b", **changes)
     assert [h["step"] for h in ours_log] == [1, 2, 4, 6] == [h["step"] for h in trl_log]
     for a, b in zip(ours_log, trl_log):
@@ -197,8 +206,8 @@ def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, changes):
     assert ours_log[-1]["num_tokens"] > ours_log[0]["num_tokens"] > 0
     assert 0 < ours_log[-1]["mean_token_accuracy"] <= 1 and ours_log[-1]["entropy"] > 0
     assert ours.__dict__.get("_pending_counts", []) == []  # everything read back by the last log
-    deferred = ours._deferred(ours.model, {"attention_mask": None}, False)
-    assert deferred == (not changes)  # the plain loss is ours; DFT stayed TRL's
+    assert ours._deferred(ours.model, {"attention_mask": None}, False) == (variant != "dft")
+    assert len(calls) == (6 if variant == "own logits" else 0)
 
 
 def test_sft_config_copies_batches_without_a_host_sync(tmp_path):
