@@ -21,7 +21,8 @@ compiled with ``torch.compile``), ``model`` (the whole model compiled),
 queues the next step while the GPU runs this one: the mean over the steps is
 what the GPU itself needs, where the default, synchronised, also counts the
 CPU's time to launch each step; PPO's completion positions are then gathered
-with indices found on the CPU, as 05 does, not with a boolean mask).
+with indices found on the CPU instead of 05's boolean mask, whose
+data-dependent size makes the CPU wait for the GPU).
 
 Lengths are drawn from the `demo` training set's (prompt + completion tokens,
 quantiles 5/25/50/75/95/100 %: 88, 109, 135, 204, 284, 330) with a fixed seed;
@@ -113,8 +114,8 @@ def sft_step(model, opt, b, mask: bool, device):
 
 
 def ppo_step(model, opt, b, mask: bool, device, positions: bool = False):
-    """``positions``: the completion positions gathered with indices found on the CPU (as 05 does), not with a
-    boolean mask, whose data-dependent size makes the CPU wait for the GPU."""
+    """``positions``: the completion positions gathered with indices found on the CPU, not with 05's boolean
+    mask, whose data-dependent size makes the CPU wait for the GPU."""
     lm = model.get_base_model()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         hidden = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"] if mask else None,

@@ -149,15 +149,14 @@ class PPOIteration:
         computes little padding and the first, widest one sets the peak memory."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in roles}
         fb, full = self.p.forward_batch_size or 4 * self.p.minibatch_size, b.input_ids.shape[1] - 1
-        lengths = b.lengths if b.lengths is not None else b.attention_mask.sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True)
+        order = torch.argsort(b.attention_mask.sum(1), descending=True, stable=True)
         with torch.no_grad():
             for s in range(0, len(order), fb):
-                ids, att, m, _, where, _ = minibatch(b, order[s:s + fb])
+                ids, att, m, _ = minibatch(b, order[s:s + fb])
                 done: dict[str, torch.Tensor] = {}
                 if self.pv.shared_critic and "logp" in roles and "values" in roles:  # one pass for both
                     logp, _, v = self.pv.forward_roles(POLICY, ids, att, mask=m, temperature=self.p.temperature,
-                                                       with_values=True, right_padded=True, where=where)
+                                                       with_values=True, right_padded=True)
                     done = {"logp": logp, "values": v * m}
                 for role in roles:
                     if role in done:
@@ -166,10 +165,9 @@ class PPOIteration:
                         x = self.pv.values(ids, att, right_padded=True) * m
                     else:
                         x = self.pv.token_logprobs(POLICY if role == "logp" else REF, ids, att, mask=m,
-                                                   temperature=self.p.temperature, right_padded=True, where=where)[0]
+                                                   temperature=self.p.temperature, right_padded=True)[0]
                     outs[role].append(_pad_to(x, full))
         cat = {k: torch.cat(v) for k, v in outs.items()}
-        order = order.to(b.input_ids.device, non_blocking=True)
         return {k: torch.empty_like(x).index_copy_(0, order, x) for k, x in cat.items()}  # back to b's order
 
     # the steps of one iteration, public so 05 can run them one at a time
@@ -363,13 +361,13 @@ class PPOIteration:
         for _ in range(p.ppo_epochs):
             perm = torch.randperm(n, generator=g)
             for s in range(0, n, p.minibatch_size):
-                # CPU indices: the minibatch's shape and positions are known without waiting for the GPU
-                ids, att, m, width, where, idx = minibatch(b, perm[s:s + p.minibatch_size])
+                idx = perm[s:s + p.minibatch_size].to(self.device)
+                ids, att, m, width = minibatch(b, idx)
                 cut = lambda x: x[idx][:, :width - 1]  # noqa: E731 - the minibatch's rows and columns
                 shared = p.advantage == "gae" and self.pv.shared_critic  # one forward, one backward for both
                 logp, ent, v = self.pv.forward_roles(POLICY, ids, att, with_entropy=True, mask=m,
                                                      temperature=self.p.temperature, with_values=shared,
-                                                     right_padded=True, where=where)
+                                                     right_padded=True)
                 old_logp = cut(old["logp"])
                 pl, clipfrac = policy_loss(logp, old_logp, cut(adv), m, p.clip_range)
                 loss = pl - p.ent_coef * masked_mean(ent, m)

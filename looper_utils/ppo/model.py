@@ -239,19 +239,16 @@ class PolicyValue(nn.Module):
 
     def token_logprobs(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
-                       right_padded: bool = False, where: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       right_padded: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(token_t | prefix) for t >= 1, shape [B, L-1]; optionally the entropy at each position.
 
         ``temperature`` scales the logits as sampling did, so the probabilities are those of the policy
         that produced the tokens (PPO's ratio and the KL are taken on that distribution). ``mask``
         ([B, L-1], e.g. ``Batch.mask``) picks the positions computed, by default every position whose
-        token is real (attention mask 1); the others are 0. ``where``: ``mask``'s nonzero (rows, columns),
-        when the caller has them (``steps.Minibatch.where``): the positions are then gathered without a
-        host sync. ``right_padded``: see ``decoder_mask``.
+        token is real (attention mask 1); the others are 0. ``right_padded``: see ``decoder_mask``.
         """
         logp, ent, _ = self.forward_roles(adapter, input_ids, attention_mask, with_entropy, temperature, mask,
-                                          right_padded=right_padded, where=where)
+                                          right_padded=right_padded)
         return logp, ent
 
     @staticmethod
@@ -264,8 +261,7 @@ class PolicyValue(nn.Module):
 
     def forward_roles(self, adapter: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
-                      with_values: bool = False, right_padded: bool = False,
-                      where: tuple[torch.Tensor, torch.Tensor] | None = None
+                      with_values: bool = False, right_padded: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``token_logprobs``, plus the values of the same forward when ``with_values`` (shared critic only:
         the value head reads the policy's hidden states). One pass over the base instead of two."""
@@ -277,10 +273,7 @@ class PolicyValue(nn.Module):
             hidden = lm.model(input_ids=input_ids, attention_mask=self.decoder_mask(attention_mask, right_padded),
                               use_cache=False).last_hidden_state
             sel = (mask if mask is not None else attention_mask[:, 1:]).bool()
-            if where is None:  # a boolean index: the GPU is waited for, to learn how many positions there are
-                where = sel.nonzero(as_tuple=True)
-            rows, cols = where
-            h, target = hidden[rows, cols], input_ids[rows, cols + 1]
+            h, target = hidden[:, :-1][sel], input_ids[:, 1:][sel]
             chunk = max(1, _LOGIT_CHUNK // lm.config.vocab_size)
             recompute = torch.is_grad_enabled() and h.requires_grad and len(h) > chunk
             parts = []
@@ -289,11 +282,11 @@ class PolicyValue(nn.Module):
                 parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if recompute
                              else _head_logprobs(*args))
         logp = torch.zeros(sel.shape, dtype=torch.float32, device=input_ids.device)
-        logp = logp.index_put((rows, cols), torch.cat([p[0] for p in parts])) if parts else logp
+        logp = logp.masked_scatter(sel, torch.cat([p[0] for p in parts])) if parts else logp
         ent = None
         if with_entropy:
             ent = torch.zeros(sel.shape, dtype=torch.float32, device=input_ids.device)
-            ent = ent.index_put((rows, cols), torch.cat([p[1] for p in parts])) if parts else ent
+            ent = ent.masked_scatter(sel, torch.cat([p[1] for p in parts])) if parts else ent
         values = self.value_head(hidden[:, :-1].float()).squeeze(-1) if with_values else None
         return logp, ent, values
 

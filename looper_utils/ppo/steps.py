@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,65 +19,31 @@ from ..config import Config
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Batch", "Minibatch", "make_batch", "minibatch", "Rollout", "Scored", "Advantages", "optimizer_steps", "lr_factor",
+__all__ = ["Batch", "make_batch", "minibatch", "Rollout", "Scored", "Advantages", "optimizer_steps", "lr_factor",
            "samples_table", "sequence_table"]
 
 
 @dataclass
 class Batch:
-    """The tensors of one iteration's sequences, right-padded; ``mask`` marks completion tokens (shifted).
-
-    ``lengths`` and ``mask_cpu`` are the row lengths and ``mask`` kept on the CPU: a minibatch's width and its
-    completion positions are read from them, so slicing a minibatch never waits for the GPU (``minibatch``).
-    """
+    """The tensors of one iteration's sequences, right-padded; ``mask`` marks completion tokens (shifted)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     mask: torch.Tensor  # [B, L-1]: 1 where position t predicts a completion token
     group: torch.Tensor  # prompt index of each sequence
-    lengths: torch.Tensor | None = None  # [B] on the CPU: real tokens of each row
-    mask_cpu: torch.Tensor | None = None  # ``mask`` on the CPU
 
 
-class Minibatch(NamedTuple):
-    """Some rows of a ``Batch``, cut to their longest sequence (``minibatch``)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    mask: torch.Tensor  # [b, width-1]
-    width: int
-    # (rows, columns) of ``mask``'s completion positions, on the device, found on the CPU (None without
-    # ``Batch.mask_cpu``): the forwards gather those positions without a data-dependent shape
-    where: tuple[torch.Tensor, torch.Tensor] | None
-    index: torch.Tensor  # the rows, on the device
-
-
-def minibatch(b: Batch, idx: torch.Tensor | slice) -> Minibatch:
-    """Rows ``idx`` of ``b`` (CPU indices or a slice), cut to their longest sequence.
+def minibatch(b: Batch, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, mask, width) of some rows of ``b``, cut to their longest sequence.
 
     The batch is padded to the longest of all its sequences; a minibatch of shorter ones would
     compute that padding for nothing. Sequences are right-padded, so dropping the columns after the
     minibatch's last real token changes no result. Tensors over positions (``mask``, log-probs,
     advantages) are cut with ``[:, :width - 1]``.
-
-    With the batch's CPU copies (``make_batch``) the width and the completion positions come from the CPU
-    and the indices go to the device without waiting: the CPU can queue the next minibatch's kernels while
-    the GPU still runs this one, which for a small model is much of a step (docs/benchmarks.md). Without them
-    (a ``Batch`` built by hand, a device index) the width is read from the device.
     """
-    device = b.input_ids.device
-    if b.lengths is not None and not (torch.is_tensor(idx) and idx.device != torch.device("cpu")):
-        width = max(2, int(b.lengths[idx].max()))
-        rows, cols = b.mask_cpu[idx][:, :width - 1].nonzero(as_tuple=True)
-        where = (rows.to(device, non_blocking=True), cols.to(device, non_blocking=True))
-        index = idx if isinstance(idx, slice) else idx.to(device, non_blocking=True)
-    else:
-        index = idx
-        width = max(2, int(b.attention_mask[idx].sum(1).max()))
-        where = None
-    att = b.attention_mask[index]
-    return Minibatch(b.input_ids[index][:, :width], att[:, :width], b.mask[index][:, :width - 1], width, where,
-                     index if torch.is_tensor(index) else torch.arange(len(b.input_ids), device=device)[index])
+    att = b.attention_mask[idx]
+    width = max(2, int(att.sum(1).max()))
+    return b.input_ids[idx][:, :width], att[:, :width], b.mask[idx][:, :width - 1], width
 
 
 def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
@@ -92,8 +58,7 @@ def make_batch(samples: list[Any], pad_id: int, device: torch.device) -> Batch:
         p = len(s.prompt_ids)
         mask[i, p - 1:len(seq) - 1] = 1.0  # logits at p-1 predict the first completion token
     group = torch.tensor([s.prompt_index for s in samples])
-    lengths = torch.tensor([len(seq) for seq in seqs])
-    return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device), lengths, mask)
+    return Batch(ids.to(device), att.to(device), mask.to(device), group.to(device))
 
 
 @dataclass
