@@ -1,6 +1,7 @@
 """Stage 02: supervised fine-tuning on the gold worked solutions, and the quick dev check around it.
 
-TRL's ``SFTTrainer`` does the training: prompt/completion pairs with the loss
+TRL's ``SFTTrainer`` does the training (``sft_setup.sft_trainer_class``: TRL's trainer reading its
+step metrics back at logging time, not every step): prompt/completion pairs with the loss
 on the completion only (``completion_only_loss``), full fine-tuning of the
 tiny scratch model, LoRA / QLoRA through PEFT for the 8B model, packing as
 an option, and resume from the last Trainer checkpoint
