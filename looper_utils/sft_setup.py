@@ -198,7 +198,8 @@ def sft_trainer_class():
     for the CPU to launch the backward; and on a GPU its fused head selects the labelled positions with a
     boolean index, one more. For `demo`'s small model, whose step is mostly launch-bound, that gap is a large
     part of the step (docs/benchmarks.md). This subclass computes the same loss, from the model's own logits
-    where the vocabulary is small (``_token_stats``; the 8B keeps TRL's fused head), and keeps the four counts
+    on a GPU where the vocabulary is small (``_token_stats``; the 8B and the CPU keep TRL's fused head), and
+    keeps the four counts
     on the device; ``log`` turns them into TRL's metrics (the same values, averaged over the same steps) just
     before TRL averages them. Any step that is not the plain causal-LM loss
     (a custom loss, label smoothing, DFT, a mixture-of-experts auxiliary loss, sequence parallelism, padding-free
@@ -215,8 +216,10 @@ def sft_trainer_class():
     fused_head = hasattr(trl_sft, "add_fused_lm_head")
 
     class DeferredMetricsSFTTrainer(trl_sft.SFTTrainer):
-        # batch positions x vocabulary up to which a step takes the model's own logits instead of TRL's fused head
+        # batch positions x vocabulary up to which a step takes the model's own logits instead of TRL's fused head,
+        # on these devices (on the CPU TRL's head has no boolean index, and `smoke` keeps its earlier numbers)
         full_logits_max = _FULL_LOGITS_MAX
+        full_logits_devices = ("cuda",)
 
         def _deferred(self, model, inputs, return_outputs) -> bool:
             return (fused_head and model.training and not return_outputs and self.compute_loss_func is None
@@ -231,7 +234,8 @@ def sft_trainer_class():
                                             num_items_in_batch=num_items_in_batch)
             inputs["use_cache"] = False
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            if inputs["input_ids"].numel() * vocab <= self.full_logits_max:
+            if (inputs["input_ids"].device.type in self.full_logits_devices
+                    and inputs["input_ids"].numel() * vocab <= self.full_logits_max):
                 log_probs, entropy, is_top1, label_mask = _token_stats(model, inputs)
             else:
                 out = model(**inputs, fused_lm_head=True)

@@ -188,6 +188,8 @@ def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, variant):
     from looper_utils import sft_setup
 
     ours_cls = sft_setup.sft_trainer_class()
+    # the own-logits path runs on a GPU only (02 on the CPU keeps TRL's head); here it is let onto the CPU
+    ours_cls = type("OwnLogits", (ours_cls,), {"full_logits_devices": ("cpu", "cuda")})
     if variant == "fused head":
         ours_cls = type("FusedHead", (ours_cls,), {"full_logits_max": 0})
     changes = {"loss_type": "dft"} if variant == "dft" else {}
@@ -208,6 +210,8 @@ def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, variant):
     assert ours.__dict__.get("_pending_counts", []) == []  # everything read back by the last log
     assert ours._deferred(ours.model, {"attention_mask": None}, False) == (variant != "dft")
     assert len(calls) == (6 if variant == "own logits" else 0)
+    plain = sft_setup.sft_trainer_class()
+    assert plain.full_logits_devices == ("cuda",) and plain.full_logits_max == 1 << 26
 
 
 def test_sft_config_copies_batches_without_a_host_sync(tmp_path):
