@@ -221,6 +221,10 @@ def sft_trainer_class():
         full_logits_max = _FULL_LOGITS_MAX
         full_logits_devices = ("cuda",)
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._pending_counts: list[torch.Tensor] = []  # one [processes, 4] row per step since the last log
+
         def _deferred(self, model, inputs, return_outputs) -> bool:
             return (fused_head and model.training and not return_outputs and self.compute_loss_func is None
                     and self.label_smoother is None and getattr(self.args, "loss_type", "nll") == "nll"
@@ -247,11 +251,11 @@ def sft_trainer_class():
             counts = torch.stack([label_mask.sum().double(), entropy.detach().sum().double(),
                                   is_top1.sum().double(), inputs["attention_mask"].sum().double()])
             # one row per process, gathered as TRL gathers its four numbers (the last batch of an epoch included)
-            self.__dict__.setdefault("_pending_counts", []).append(self.accelerator.gather_for_metrics(counts[None]))
+            self._pending_counts.append(self.accelerator.gather_for_metrics(counts[None]))
             return loss
 
         def _flush_counts(self) -> None:
-            pending = self.__dict__.get("_pending_counts")
+            pending = self._pending_counts
             if not pending:
                 return
             rows = torch.stack([c.sum(0) for c in pending]).tolist()  # one read for all the steps
