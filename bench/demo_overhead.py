@@ -30,7 +30,9 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   layers, no padding mask: ``sft_setup.training_forwards``) against liger-kernel and against the same
   without compiled layers; ``--sft-variants sync`` times 02's trainer (``sft_setup.sft_trainer_class``: no
   host sync per step) against TRL's own with the previous release's settings, at 128 and 64 sequences a
-  step, synchronising the GPU only at the first timed step and the last.
+  step, synchronising the GPU only at the first timed step and the last; its later positions time 16
+  sequences a step (what a step costs regardless of its size), the compiled layers replayed as CUDA graphs
+  and Inductor's launches from C++. ``--sft-cprofile`` runs each under cProfile and writes the tables.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -350,10 +352,15 @@ def run_sft(args, results: dict) -> None:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, sync=True,
-            blocking=False, **training_args):
+            blocking=False, compile_options=None, inductor=None, **training_args):
         """``liger=None`` keeps 02's choice; ``forwards`` trains inside 02's ``training_forwards`` (compiled
         layers where ``sft.compile`` says, no padding mask on a GPU); ``over``: SFT settings changed; ``sync``:
-        ``Clock``'s; ``blocking``: batches copied to the GPU with a host sync (transformers' default)."""
+        ``Clock``'s; ``blocking``: batches copied to the GPU with a host sync (transformers' default);
+        ``compile_options``: passed to ``torch.compile`` for the layers (e.g. ``mode``); ``inductor``: Inductor
+        settings for this variant (e.g. ``cpp_wrapper``)."""
+        import functools
+
+        import torch._inductor.config as inductor_config
         c = cfg.override(stage="sft", **over) if over else cfg
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
@@ -380,10 +387,32 @@ def run_sft(args, results: dict) -> None:
                 (Path(args.out).parent / "sft_profile.txt").write_text(table)
                 print(table[:6000])
             elif forwards:
-                with sft_setup.training_forwards(model, c, device) as why:
-                    t = time.perf_counter()
-                    tr.train()
-                    log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
+                layers_cls = sft_setup.CompiledLayers
+                if compile_options:
+                    sft_setup.CompiledLayers = functools.partial(layers_cls, **compile_options)
+                saved = {k: getattr(inductor_config, k) for k in (inductor or {})}
+                for k, v in (inductor or {}).items():
+                    setattr(inductor_config, k, v)
+                try:
+                    with sft_setup.training_forwards(model, c, device) as why:
+                        t = time.perf_counter()
+                        if args.sft_cprofile:  # where the training process's CPU time goes, by function
+                            import cProfile
+                            import pstats
+
+                            pr = cProfile.Profile()
+                            pr.runcall(tr.train)
+                            stem = Path(args.out).parent / f"sft_cprofile_{len(results['sft'])}"
+                            for key in ("tottime", "cumulative"):
+                                with open(f"{stem}_{key}.txt", "w") as f:
+                                    pstats.Stats(pr, stream=f).sort_stats(key).print_stats(80)
+                        else:
+                            tr.train()
+                        log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
+                finally:
+                    sft_setup.CompiledLayers = layers_cls
+                    for k, v in saved.items():
+                        setattr(inductor_config, k, v)
             else:
                 tr.train()
         steps = clock.t[clock.skip:]
@@ -433,7 +462,15 @@ def run_sft(args, results: dict) -> None:
                                                                           pad_to_multiple_of=16, **skip)),
                      ("02 default with TRL's fused head (a boolean index, a host sync a step)",
                       dict(cls=type("FusedHead", (ours,), {"full_logits_max": 0}), liger=None, forwards=True,
-                           **skip))))
+                           **skip)),
+                     ("02 default, 16 sequences a step (the step's fixed cost)",
+                      dict(cls=ours, liger=None, forwards=True, sync=False,
+                           over={"logging_steps": logs, "batch_size": 16})),
+                     ("02 default, layers replayed as CUDA graphs", dict(cls=ours, liger=None, forwards=True,
+                                                                      compile_options={"mode": "reduce-overhead"},
+                                                                      **skip)),
+                     ("02 default, Inductor's launches from C++", dict(cls=ours, liger=None, forwards=True,
+                                                                     inductor={"cpp_wrapper": True}, **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
@@ -460,6 +497,8 @@ def main() -> int:
     ap.add_argument("--old-code", default="", help="a folder holding an older looper_utils, timed as the baseline")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--sft-skip", type=int, default=10, help="SFT steps before the timed ones (compiles happen there)")
+    ap.add_argument("--sft-cprofile", action="store_true",
+                    help="run each SFT variant under cProfile; the tables go next to --out")
     ap.add_argument("--sft-pick", default="", help="comma-separated positions of the --sft-variants set to run")
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")

@@ -16,10 +16,13 @@ Variants: ``mask`` (the padding mask passed, as TRL's collator and HF do), no
 mask (right-padded rows: the causal mask alone keeps real tokens from the
 padding, and SDPA may use FlashAttention), ``layers`` (each decoder layer
 compiled with ``torch.compile``), ``model`` (the whole model compiled),
-``sorted`` (rows grouped by length, so a batch carries less padding) and
+``cudagraphs`` (the compiled layers replayed as CUDA graphs: ``mode="reduce-overhead"``),
+``cppwrapper`` (Inductor's launches from C++: ``cpp_wrapper``), ``sorted`` (rows grouped by length, so a
+batch carries less padding) and
 ``pipelined`` (no GPU synchronisation between the timed steps, so the CPU
 queues the next step while the GPU runs this one: the mean over the steps is
-what the GPU itself needs, where the default, synchronised, also counts the
+what the GPU itself needs unless the CPU is slower (``host_median_ms``, the
+CPU's time to queue a step, says which), where the default, synchronised, also counts the
 CPU's time to launch each step; PPO's completion positions are then gathered
 with indices found on the CPU instead of 05's boolean mask, whose
 data-dependent size makes the CPU wait for the GPU).
@@ -95,12 +98,12 @@ def build_model(args, device: torch.device):
     return scratch.build_scratch_model(mcfg, _Tok(mcfg.tokenizer_vocab)).to(device)
 
 
-def compile_layers(model) -> None:
+def compile_layers(model, **options) -> None:
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     for layer in model.get_decoder().layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, **options)
 
 
 def sft_step(model, opt, b, mask: bool, device):
@@ -158,8 +161,11 @@ def run_variant(args, name: str, device: torch.device) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-    if "layers" in opts:
-        compile_layers(lm)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp_wrapper = "cppwrapper" in opts  # the compiled code's launches from C++, not Python
+    if "layers" in opts or "cudagraphs" in opts:
+        compile_layers(lm, **({"mode": "reduce-overhead"} if "cudagraphs" in opts else {}))
     if "model" in opts:  # SFT: the forward with its loss; PPO: the decoder (the update applies the head itself)
         (lm if kind == "sft" else lm.model).compile(dynamic=True)
     data = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
@@ -167,16 +173,21 @@ def run_variant(args, name: str, device: torch.device) -> dict:
     step = sft_step if kind == "sft" else functools.partial(ppo_step, positions="pipelined" in opts)
     t0 = time.perf_counter()
     for b in data[:args.warmup]:
+        if "cudagraphs" in opts:
+            torch.compiler.cudagraph_mark_step_begin()
         step(model, opt, b, "mask" in opts, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     warm_s = time.perf_counter() - t0
-    times, tokens = [], 0
+    times, host, tokens = [], [], 0
     t_all = time.perf_counter()
     for i in range(args.steps):
         b = data[(args.warmup + i) % len(data)]
         t = time.perf_counter()
+        if "cudagraphs" in opts:
+            torch.compiler.cudagraph_mark_step_begin()
         step(model, opt, b, "mask" in opts, device)
+        host.append(time.perf_counter() - t)  # the CPU's time to queue the step (until a wait, if any)
         if "pipelined" not in opts:  # otherwise the CPU may queue the next steps while the GPU runs this one
             sync()
         times.append(time.perf_counter() - t)
@@ -184,7 +195,8 @@ def run_variant(args, name: str, device: torch.device) -> dict:
     sync()
     all_ms = 1000 * (time.perf_counter() - t_all) / args.steps
     res = {"median_ms": None if "pipelined" in opts else round(1000 * statistics.median(times), 2),
-           "mean_ms": round(all_ms, 2), "warmup_s": round(warm_s, 1), "real_tokens_per_step": tokens // args.steps,
+           "mean_ms": round(all_ms, 2), "host_median_ms": round(1000 * statistics.median(host), 2),
+           "warmup_s": round(warm_s, 1), "real_tokens_per_step": tokens // args.steps,
            "padded_tokens_per_step": int(np.mean([b["input_ids"].numel() for b in data]))}
     if device.type == "cuda":
         res["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -198,7 +210,7 @@ def main() -> int:
     ap.add_argument("--variants", default="sft:mask,sft:,sft:layers,sft:model,sft:layers+sorted,"
                                           "ppo:,ppo:layers,ppo:model,ppo:layers+sorted",
                     help="comma-separated KIND:OPTS, KIND sft or ppo, OPTS '+'-joined of mask, layers, model, sorted, "
-                         "pipelined")
+                         "pipelined, cudagraphs, cppwrapper")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--layers", type=int, default=0, help="decoder layers (0 = demo's 8)")
     ap.add_argument("--n-batches", type=int, default=16)

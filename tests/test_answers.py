@@ -144,3 +144,16 @@ def test_every_real_gsm8k_solution_is_well_formed_for_every_stage(gsm8k_dir):
                 assert s.format_ok and s.correct and rec["format_ok"] and rec["correct"]
             n += 1
     assert n == 7473 + 1319
+
+
+def test_normalize_number_caches_short_strings_only():
+    from looper_utils import answers
+
+    answers._normalize_cached.cache_clear()
+    assert [normalize_number("$1,250.") for _ in range(3)] == ["1250"] * 3
+    info = answers._normalize_cached.cache_info()
+    assert (info.hits, info.misses) == (2, 1)
+    long = "7" + " " * 80  # a long string is parsed each time and never kept
+    assert normalize_number(long) == "7"
+    assert answers._normalize_cached.cache_info().currsize == 1
+    assert normalize_number("5 or 7") is None and normalize_number("5 or 7") is None

@@ -240,3 +240,16 @@ def test_gsm8k_train_calculations_are_checked_and_slips_listed(gsm8k_dir):
     inline = wrong[wrong["kind"] == "inline"]
     for _, r in inline.iterrows():
         assert abs(r["value"] - float(r["claimed"].replace(",", ""))) > 1e-6
+
+
+def test_try_eval_caches_short_expressions_only():
+    import importlib
+
+    se = importlib.import_module("looper_utils.regime_w.safe_eval")  # the module (the package exports the function)
+    se._try_eval_cached.cache_clear()
+    assert [try_eval("48/2") for _ in range(3)] == [24.0] * 3
+    assert try_eval("x*2") is None and try_eval("x*2") is None  # a refusal is remembered as None, not raised
+    info = se._try_eval_cached.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (3, 2, 2)
+    assert try_eval("+".join(["1"] * 40)) == 40.0  # 79 characters: computed, not kept
+    assert se._try_eval_cached.cache_info().currsize == 2
