@@ -32,7 +32,8 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   host sync per step) against TRL's own with the previous release's settings, at 128 and 64 sequences a
   step, synchronising the GPU only at the first timed step and the last; its later positions time 16
   sequences a step (what a step costs regardless of its size), the compiled layers replayed as CUDA graphs
-  and Inductor's launches from C++. ``--sft-cprofile`` runs each under cProfile and writes the tables.
+  and Inductor's launches from C++, and the loader's batches handed over through shared-memory files
+  (not file descriptors). ``--sft-cprofile`` runs each under cProfile and writes the tables.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -352,16 +353,21 @@ def run_sft(args, results: dict) -> None:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, sync=True,
-            blocking=False, compile_options=None, inductor=None, **training_args):
+            blocking=False, compile_options=None, inductor=None, sharing=None, **training_args):
         """``liger=None`` keeps 02's choice; ``forwards`` trains inside 02's ``training_forwards`` (compiled
         layers where ``sft.compile`` says, no padding mask on a GPU); ``over``: SFT settings changed; ``sync``:
         ``Clock``'s; ``blocking``: batches copied to the GPU with a host sync (transformers' default);
         ``compile_options``: passed to ``torch.compile`` for the layers (e.g. ``mode``); ``inductor``: Inductor
-        settings for this variant (e.g. ``cpp_wrapper``)."""
+        settings for this variant (e.g. ``cpp_wrapper``); ``sharing``: how the loader processes hand their
+        batches over (``torch.multiprocessing.set_sharing_strategy``)."""
         import functools
 
         import torch._inductor.config as inductor_config
         c = cfg.override(stage="sft", **over) if over else cfg
+        import torch.multiprocessing as tmp
+
+        strategy = tmp.get_sharing_strategy()
+        tmp.set_sharing_strategy(sharing or strategy)
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
         with tempfile.TemporaryDirectory() as work:
@@ -410,11 +416,13 @@ def run_sft(args, results: dict) -> None:
                             tr.train()
                         log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
                 finally:
+                    tmp.set_sharing_strategy(strategy)
                     sft_setup.CompiledLayers = layers_cls
                     for k, v in saved.items():
                         setattr(inductor_config, k, v)
             else:
                 tr.train()
+        tmp.set_sharing_strategy(strategy)
         steps = clock.t[clock.skip:]
         ms = 1000 * (steps[-1] - steps[0]) / max(1, len(steps) - 1)
         each = sorted(b - a for a, b in zip(steps, steps[1:])) or [0.0]
@@ -470,7 +478,9 @@ def run_sft(args, results: dict) -> None:
                                                                       compile_options={"mode": "reduce-overhead"},
                                                                       **skip)),
                      ("02 default, Inductor's launches from C++", dict(cls=ours, liger=None, forwards=True,
-                                                                     inductor={"cpp_wrapper": True}, **skip))))
+                                                                     inductor={"cpp_wrapper": True}, **skip)),
+                     ("02 default, batches handed over through shared-memory files",
+                      dict(cls=ours, liger=None, forwards=True, sharing="file_system", **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
