@@ -480,7 +480,9 @@ def run_sft(args, results: dict) -> None:
                      ("02 default, Inductor's launches from C++", dict(cls=ours, liger=None, forwards=True,
                                                                      inductor={"cpp_wrapper": True}, **skip)),
                      ("02 default, batches handed over through shared-memory files",
-                      dict(cls=ours, liger=None, forwards=True, sharing="file_system", **skip))))
+                      dict(cls=ours, liger=None, forwards=True, sharing="file_system", **skip)),
+                     ("02 default, rows padded to a multiple of 64", dict(cls=ours, liger=None, forwards=True,
+                                                                          pad_to_multiple_of=64, **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
