@@ -362,6 +362,7 @@ def run_sft(args, results: dict) -> None:
         batches over (``torch.multiprocessing.set_sharing_strategy``)."""
         import functools
 
+        import torch._dynamo
         import torch._inductor.config as inductor_config
         c = cfg.override(stage="sft", **over) if over else cfg
         import torch.multiprocessing as tmp
@@ -396,6 +397,8 @@ def run_sft(args, results: dict) -> None:
                 layers_cls = sft_setup.CompiledLayers
                 if compile_options:
                     sft_setup.CompiledLayers = functools.partial(layers_cls, **compile_options)
+                if compile_options or inductor:  # compile afresh: the layers' code compiled for an earlier
+                    torch._dynamo.reset()        # variant would otherwise be reused (guards do not see these)
                 saved = {k: getattr(inductor_config, k) for k in (inductor or {})}
                 for k, v in (inductor or {}).items():
                     setattr(inductor_config, k, v)
