@@ -18,9 +18,10 @@ and ``**`` (it only folds ``+``/``-`` for complex literals).
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import re
+
+from ..answers import cache_short_strings
 
 __all__ = ["safe_eval", "try_eval", "UnsafeExpression", "MAX_EXPONENT", "MAX_LENGTH"]
 
@@ -95,17 +96,11 @@ def try_eval(expr: str) -> float | None:
     >>> try_eval("12/60"), try_eval("x*2"), try_eval("1/0")
     (0.2, None, None)
     """
-    # cached for short expressions: the samples of one problem repeat the same calculator steps; float or None
-    # out, so sharing is safe
-    return _try_eval_cached(expr) if len(expr) <= 64 else _try_eval(expr)
+    return _try_eval_cached(expr)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@cache_short_strings  # the samples of one problem repeat the same calculator steps
 def _try_eval_cached(expr: str) -> float | None:
-    return _try_eval(expr)
-
-
-def _try_eval(expr: str) -> float | None:
     try:
         return safe_eval(expr)
     except UnsafeExpression:
