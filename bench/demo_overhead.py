@@ -44,6 +44,7 @@ CPU (proves the script end to end on a smoke project)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -352,6 +353,18 @@ def run_sft(args, results: dict) -> None:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
+    @contextlib.contextmanager
+    def sharing_strategy(name):
+        """How the loader processes hand batches over (``torch.multiprocessing``), ``name`` or as it is; restored."""
+        import torch.multiprocessing as tmp
+
+        before = tmp.get_sharing_strategy()
+        tmp.set_sharing_strategy(name or before)
+        try:
+            yield
+        finally:
+            tmp.set_sharing_strategy(before)
+
     def one(name, trainer_cls, workers, profile=False, liger=False, forwards=False, over=None, sync=True,
             blocking=False, compile_options=None, inductor=None, sharing=None, **training_args):
         """``liger=None`` keeps 02's choice; ``forwards`` trains inside 02's ``training_forwards`` (compiled
@@ -364,14 +377,11 @@ def run_sft(args, results: dict) -> None:
 
         import torch._dynamo
         import torch._inductor.config as inductor_config
-        c = cfg.override(stage="sft", **over) if over else cfg
-        import torch.multiprocessing as tmp
 
-        strategy = tmp.get_sharing_strategy()
-        tmp.set_sharing_strategy(sharing or strategy)
+        c = cfg.override(stage="sft", **over) if over else cfg
         model = modeling.load_checkpoint(modeling.base_dir(cfg), device)[0]
         model.train()
-        with tempfile.TemporaryDirectory() as work:
+        with tempfile.TemporaryDirectory() as work, sharing_strategy(sharing):
             a = sft.make_sft_config(c, Path(work), device, progress=False)
             a.dataloader_num_workers = workers
             a.dataloader_persistent_workers = workers > 0
@@ -419,13 +429,11 @@ def run_sft(args, results: dict) -> None:
                             tr.train()
                         log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
                 finally:
-                    tmp.set_sharing_strategy(strategy)
                     sft_setup.CompiledLayers = layers_cls
                     for k, v in saved.items():
                         setattr(inductor_config, k, v)
             else:
                 tr.train()
-        tmp.set_sharing_strategy(strategy)
         steps = clock.t[clock.skip:]
         ms = 1000 * (steps[-1] - steps[0]) / max(1, len(steps) - 1)
         each = sorted(b - a for a, b in zip(steps, steps[1:])) or [0.0]
