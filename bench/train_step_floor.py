@@ -170,12 +170,15 @@ def run_variant(args, name: str, device: torch.device) -> dict:
         (lm if kind == "sft" else lm.model).compile(dynamic=True)
     data = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
             for b in batches(args.n_batches, args.batch, lm.config.vocab_size, "sorted" in opts)]
-    step = sft_step if kind == "sft" else functools.partial(ppo_step, positions="pipelined" in opts)
+    one = sft_step if kind == "sft" else functools.partial(ppo_step, positions="pipelined" in opts)
+
+    def step(b) -> None:
+        if "cudagraphs" in opts:  # a new step: the graphs' outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        one(model, opt, b, "mask" in opts, device)
     t0 = time.perf_counter()
     for b in data[:args.warmup]:
-        if "cudagraphs" in opts:
-            torch.compiler.cudagraph_mark_step_begin()
-        step(model, opt, b, "mask" in opts, device)
+        step(b)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     warm_s = time.perf_counter() - t0
@@ -184,9 +187,7 @@ def run_variant(args, name: str, device: torch.device) -> dict:
     for i in range(args.steps):
         b = data[(args.warmup + i) % len(data)]
         t = time.perf_counter()
-        if "cudagraphs" in opts:
-            torch.compiler.cudagraph_mark_step_begin()
-        step(model, opt, b, "mask" in opts, device)
+        step(b)
         host.append(time.perf_counter() - t)  # the CPU's time to queue the step (until a wait, if any)
         if "pipelined" not in opts:  # otherwise the CPU may queue the next steps while the GPU runs this one
             sync()
