@@ -33,9 +33,7 @@ scratch base, the SFT checkpoint), e.g. right after ``bench/demo_gpu.sh``:
   step, synchronising the GPU only at the first timed step and the last; its later positions time 16
   sequences a step (what a step costs regardless of its size), the compiled layers replayed as CUDA graphs
   and Inductor's launches from C++, and the loader's batches handed over through shared-memory files
-  (not file descriptors). ``--sft-variants graphs`` times eager layers with and without each step's forward
-  and backward replayed as CUDA graphs (``sft.cuda_graphs``), against 02's default (compiled layers).
-  ``--sft-cprofile`` runs each under cProfile and writes the tables.
+  (not file descriptors). ``--sft-cprofile`` runs each under cProfile and writes the tables.
 
 The 8B shape: ``bench/ppo_8b.sh`` (a `full` project of local random weights, then the PPO part here).
 
@@ -415,7 +413,7 @@ def run_sft(args, results: dict) -> None:
                 for k, v in (inductor or {}).items():
                     setattr(inductor_config, k, v)
                 try:
-                    with sft_setup.training_forwards(model, c, device, tr) as why:
+                    with sft_setup.training_forwards(model, c, device) as why:
                         t = time.perf_counter()
                         if args.sft_cprofile:  # where the training process's CPU time goes, by function
                             import cProfile
@@ -430,7 +428,6 @@ def run_sft(args, results: dict) -> None:
                         else:
                             tr.train()
                         log(f"sft {name}: {why}; {time.perf_counter() - t:.1f} s in all")
-                    log(f"sft {name}: CUDA graphs: {tr.cuda_graphs}")
                 finally:
                     sft_setup.CompiledLayers = layers_cls
                     for k, v in saved.items():
@@ -441,8 +438,7 @@ def run_sft(args, results: dict) -> None:
         ms = 1000 * (steps[-1] - steps[0]) / max(1, len(steps) - 1)
         each = sorted(b - a for a, b in zip(steps, steps[1:])) or [0.0]
         results["sft"][name] = {"ms_per_step": round(ms, 1), "steps_timed": len(steps) - 1,
-                                "batch_size": c.sft.batch_size, "synchronised_each_step": sync,
-                                "cuda_graphs": getattr(tr, "cuda_graphs", None)}
+                                "batch_size": c.sft.batch_size, "synchronised_each_step": sync}
         if sync:
             results["sft"][name]["median_ms"] = round(1000 * each[len(each) // 2], 1)
         log(f"sft {name}: {ms:.1f} ms/step")
@@ -498,14 +494,6 @@ def run_sft(args, results: dict) -> None:
                       dict(cls=ours, liger=None, forwards=True, sharing="file_system", **skip)),
                      ("02 default, rows padded to a multiple of 64", dict(cls=ours, liger=None, forwards=True,
                                                                           pad_to_multiple_of=64, **skip))))
-    if args.sft_variants == "graphs":  # each step's forward and backward replayed as CUDA graphs (sft.cuda_graphs)
-        ours = sft_setup.sft_trainer_class()
-        logs = config.build(args.profile, stage="sft").sft.logging_steps
-        skip = dict(cls=ours, liger=False, forwards=True, sync=False)
-        return each((("eager layers (sft.compile=off)", dict(over={"logging_steps": logs, "compile": "off"}, **skip)),
-                     ("eager layers replayed as CUDA graphs (sft.compile=off, sft.cuda_graphs=on)",
-                      dict(over={"logging_steps": logs, "compile": "off", "cuda_graphs": "on"}, **skip)),
-                     ("02 default (compiled layers)", dict(over={"logging_steps": logs}, **skip))))
     if args.sft_variants == "compile":  # a compiled model with few distinct batch shapes
         return each((("+liger", dict(liger=True)), ("+liger+pad64", dict(liger=True, pad_to_multiple_of=64)),
                      ("+compile+pad64", dict(torch_compile=True, pad_to_multiple_of=64)),
@@ -538,7 +526,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per variant (the first warms up)")
     ap.add_argument("--what", default="ppo,sft")
     ap.add_argument("--profile-sft", action="store_true")
-    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile", "layers", "sync", "graphs"],
+    ap.add_argument("--sft-variants", default="all", choices=["all", "liger", "kernels", "compile", "layers", "sync"],
                     help="liger: the default trainer with and without liger-kernel's fused kernels; kernels: "
                          "also length-grouped batches and torch.compile; compile: liger-kernel, batches padded "
                          "to a multiple of 64, torch.compile; layers: 02's default (compiled layers) against "

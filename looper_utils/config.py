@@ -89,10 +89,6 @@ class SFTStageConfig:
     # the decoder layers compiled with torch.compile (looper_utils.compiled): "auto" (on a GPU, without
     # activation recompute or a 4-bit base: demo), "on" or "off"; liger-kernel is left out when they are
     compile: str = "auto"
-    # "on": each step's forward and backward replayed as CUDA graphs, batches padded to a multiple of 16 tokens
-    # (looper_utils.cuda_graphs), on a GPU with sft.compile="off" (eager layers); "off" (the default: in demo
-    # the compiled layers without graphs were faster, and graphs over compiled layers failed to record)
-    cuda_graphs: str = "off"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     n_train: int = 0  # 0 = every training row

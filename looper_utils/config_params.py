@@ -346,8 +346,6 @@ def _validate(cfg: Config) -> None:
          "the decoder layers) or 'off'"),
         (cfg.sft.compile in ("auto", "on", "off"), f"sft.compile={cfg.sft.compile!r}: use 'auto', 'on' (compile "
          "the decoder layers) or 'off'"),
-        (cfg.sft.cuda_graphs in ("on", "off"), f"sft.cuda_graphs={cfg.sft.cuda_graphs!r}: use 'on' (replay each "
-         "step's forward and backward as CUDA graphs, with sft.compile='off') or 'off'"),
         (cfg.ppo.critic in ("separate", "shared"), f"ppo.critic={cfg.ppo.critic!r} is not a critic: it must be "
          "'separate' (its own LoRA adapter) or 'shared' (a value head on the policy's hidden states)"),
         (cfg.ppo.trainer in ("ours", "trl-grpo"), f"ppo.trainer={cfg.ppo.trainer!r} is not a trainer: it must be "

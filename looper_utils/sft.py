@@ -67,7 +67,6 @@ class SFTResult:
     resumed_from_step: int | None = None
     n_params: dict[str, int] = field(default_factory=dict)
     compiled: str = ""  # whether the decoder layers ran compiled, and why (sft.compile)
-    cuda_graphs: str = ""  # whether the steps replayed as CUDA graphs, why, and how many (sft.cuda_graphs)
 
 
 def _share_checkpoints():
@@ -172,7 +171,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
             point_tensorboard(trainer, tracking_dir(cfg, "02_sft"))
             with _main_first(procs):
                 resume, finished = resume_plan(trainer, resume, main)
-            with training_forwards(model, cfg, device, trainer) as compiled_why:
+            with training_forwards(model, cfg, device) as compiled_why:
                 seconds = 0.0 if finished else \
                     float(trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"])
     model = trainer.model
@@ -191,7 +190,7 @@ def train_sft(cfg: config_mod.Config, model, tokenizer, train_rows: list[dict], 
                      train_steps=step, final_loss=history[-1]["loss"] if history else None,
                      n_examples=len(rows), n_truncated=too_long,
                      resumed_from_step=checkpoint_step(Path(resume)) if resume else None,
-                     n_params=n_params, compiled=compiled_why, cuda_graphs=trainer.cuda_graphs)
+                     n_params=n_params, compiled=compiled_why)
 
 
 def dev_check(model, tokenizer, rows: list[dict], *, style: str, max_new_tokens: int, batch_size: int,
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_trainable_params": result.n_params["trainable"], "n_train_examples": result.n_examples,
             "truncated_examples": result.n_truncated, "resumed_from_step": result.resumed_from_step,
             "device": str(device), "n_processes": world, "global_batch": cfg.sft.batch_size * world * cfg.sft.grad_accum,
-            "compiled_layers": result.compiled, "cuda_graphs": result.cuda_graphs,
+            "compiled_layers": result.compiled,
         }
         if cfg.sft.n_dev_eval:
             dev_rows = data.read_jsonl(files["dev"])[:cfg.sft.n_dev_eval]

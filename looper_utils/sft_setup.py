@@ -26,11 +26,10 @@ import torch
 
 from . import config as config_mod
 from .compiled import CompiledLayers, compile_choice, decoder_layers
-from .cuda_graphs import SETTINGS as GRAPH_SETTINGS, WIDTH_MULTIPLE, GraphedModule
 from .prompts import encode_completion, encode_prompt, sft_example
 
 __all__ = ["TRACKERS", "check_report_to", "tracking_dir", "select_train_rows", "build_dataset", "make_sft_config",
-           "loader_workers", "sft_trainer_class", "graphs_sft", "padding_multiple", "graphs_report"]
+           "loader_workers", "sft_trainer_class"]
 
 # report_to value -> (the package it imports, how to install it)
 TRACKERS = {"none": (None, ""),
@@ -133,75 +132,6 @@ def compile_sft(cfg: config_mod.Config, device: torch.device) -> tuple[bool, str
                           quantized=cfg.model.quantization != "none")
 
 
-def graphs_sft(cfg: config_mod.Config, device: torch.device) -> tuple[bool, str]:
-    """(replay 02's forward and backward as CUDA graphs?, why) for ``sft.cuda_graphs`` (``looper_utils.cuda_graphs``).
-
-    Off by default. ``on`` records them on a GPU for eager layers (``sft.compile="off"``): with `demo`'s compiled
-    layers the recording failed on an H200 (an illegal operation inside the capture, not diagnosed), and the
-    compiled step without graphs was faster than the eager one with them (34.0 against 54.5 ms,
-    docs/benchmarks.md). Packed rows (``sft.packing``) go through TRL's own loss and are never recorded; under
-    several processes the trainer's model is a wrapper and the steps run eagerly.
-
-    >>> from looper_utils.config import build
-    >>> graphs_sft(build("demo", stage="sft"), torch.device("cuda"))
-    (False, "sft.cuda_graphs='off'")
-    >>> graphs_sft(build("demo", stage="sft", cuda_graphs="on", compile="off"), torch.device("cuda"))
-    (True, "sft.cuda_graphs='on'")
-    """
-    setting = cfg.sft.cuda_graphs
-    if setting not in GRAPH_SETTINGS:
-        raise ValueError(f"sft.cuda_graphs={setting!r}: use 'on' (replay each step's forward and backward as CUDA "
-                         "graphs, with sft.compile='off') or 'off'")
-    if setting == "off":
-        return False, "sft.cuda_graphs='off'"
-    if device.type != "cuda":
-        return False, f"on the {device.type.upper()}: CUDA graphs need a GPU"
-    if cfg.sft.packing:
-        return False, "packed rows (sft.packing) take TRL's own loss, which is not recorded"
-    if compile_sft(cfg, device)[0]:
-        return False, ("not with compiled layers: recording them failed on an H200; set sft.compile='off' for "
-                       "graphs over eager layers (docs/benchmarks.md: slower than compiled layers in demo)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return False, "several processes: each step's gradients are averaged across them, outside a graph"
-    return True, "sft.cuda_graphs='on'"
-
-
-def padding_multiple(cfg: config_mod.Config, device: torch.device) -> int | None:
-    """The multiple of tokens 02 pads each batch's width to: ``cuda_graphs.WIDTH_MULTIPLE`` where graphs are
-    on (one recording per width), otherwise none (each batch as wide as its longest row).
-
-    >>> from looper_utils.config import build
-    >>> graphed = build("demo", stage="sft", cuda_graphs="on", compile="off")
-    >>> padding_multiple(graphed, torch.device("cuda")), padding_multiple(graphed, torch.device("cpu"))
-    (16, None)
-    """
-    return WIDTH_MULTIPLE if graphs_sft(cfg, device)[0] else None
-
-
-class _TokenStats(torch.nn.Module):
-    """``_token_stats`` of ``model`` as a module of (input_ids, labels): what ``cuda_graphs.GraphedModule``
-    records. The decoder runs without a padding mask, as 02 runs it on a GPU (``training_forwards``)."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, labels):
-        return _token_stats(self.model, {"input_ids": input_ids, "labels": labels, "use_cache": False})
-
-
-def graphs_report(trainer) -> str:
-    """What ``sft.cuda_graphs`` did in ``trainer``'s last ``train()``: why not, or how many steps replayed."""
-    graphs = getattr(trainer, "step_graphs", None)
-    why = getattr(trainer, "step_graphs_why", "sft.cuda_graphs not set up")
-    if graphs is None:
-        return why
-    calls = graphs.replays + graphs.eager
-    out = (f"{why}: {graphs.replays:,} of {calls:,} forward-and-backward passes replayed from "
-           f"{len(graphs.shapes)} recorded shapes")
-    return out + (f"; recording stopped: {graphs.failed}" if graphs.failed else "")
-
-
 def _drop_padding_mask(module, args, kwargs):
     """Forward pre-hook: the decoder called without TRL's padding mask (see ``training_forwards``)."""
     if kwargs.get("attention_mask") is not None:
@@ -210,7 +140,7 @@ def _drop_padding_mask(module, args, kwargs):
 
 
 @contextlib.contextmanager
-def training_forwards(model, cfg: config_mod.Config, device: torch.device, trainer=None):
+def training_forwards(model, cfg: config_mod.Config, device: torch.device):
     """The forwards of 02's training steps, for the ``with`` block around ``trainer.train()``; yields why the
     layers are compiled or not (``compile_sft``).
 
@@ -220,17 +150,11 @@ def training_forwards(model, cfg: config_mod.Config, device: torch.device, train
       and the padding's labels are -100), the decoder builds no [batch, 1, L, L] mask, and scaled-dot-product
       attention may take FlashAttention. The trainer still sees the mask (TRL counts tokens from it). On the CPU
       the masked path stays, which keeps `smoke`'s numbers those of earlier releases.
-    - with ``trainer`` (02's, ``sft_trainer_class``), each step's forward and backward replayed as CUDA graphs
-      where ``graphs_sft`` says (``trainer.step_graphs``, a ``cuda_graphs.GraphedModule``).
 
-    All are undone on exit: generation after training runs the model as it was, and the graphs and their
-    memory are let go; ``trainer.cuda_graphs`` then says what they did (``graphs_report``).
+    Both are undone on exit: generation after training runs the model as it was.
     """
     on, why = compile_sft(cfg, device)
     compiled = CompiledLayers(decoder_layers(model)) if on else None
-    if trainer is not None:
-        graphs_on, trainer.step_graphs_why = graphs_sft(cfg, device)
-        trainer.step_graphs = GraphedModule(_TokenStats(model)) if graphs_on else None
     hooks = []
     if device.type == "cuda":
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -241,9 +165,6 @@ def training_forwards(model, cfg: config_mod.Config, device: torch.device, train
     finally:
         for h in hooks:
             h.remove()
-        if trainer is not None:
-            trainer.cuda_graphs = graphs_report(trainer)
-            trainer.step_graphs = None
 
 
 _TRAINER_CLASS = None
@@ -317,13 +238,9 @@ def sft_trainer_class():
                                             num_items_in_batch=num_items_in_batch)
             inputs["use_cache"] = False
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            graphs = getattr(self, "step_graphs", None)
             if (inputs["input_ids"].device.type in self.full_logits_devices
                     and inputs["input_ids"].numel() * vocab <= self.full_logits_max):
-                if graphs is not None and graphs.module.model is model:  # the decoder's forward and backward
-                    log_probs, entropy, is_top1, label_mask = graphs(inputs["input_ids"], inputs["labels"])
-                else:
-                    log_probs, entropy, is_top1, label_mask = _token_stats(model, inputs)
+                log_probs, entropy, is_top1, label_mask = _token_stats(model, inputs)
             else:
                 out = model(**inputs, fused_lm_head=True)
                 log_probs, entropy, is_top1, label_mask = out.log_probs, out.entropy, out.is_top1, out.label_mask
@@ -382,7 +299,6 @@ def make_sft_config(cfg: config_mod.Config, output_dir: Path, device: torch.devi
             lr_scheduler_type=s.lr_scheduler, logging_steps=s.logging_steps, logging_first_step=True,
             save_strategy="steps", save_steps=s.save_steps, save_total_limit=1,
             max_length=s.max_length, packing=s.packing, completion_only_loss=True,
-            pad_to_multiple_of=padding_multiple(cfg, device),
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             gradient_checkpointing=checkpointing, optim="adamw_torch_fused" if cuda else "adamw_torch",
             dataloader_pin_memory=cuda, dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0,
