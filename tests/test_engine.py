@@ -206,6 +206,27 @@ def test_gpu_graphs_greedy_equals_hf(attention, fused):
 
 
 @pytest.mark.gpu
+def test_gpu_graphs_are_captured_afresh_for_a_new_batch_size():
+    """A batch of another size drops the graphs (a new KV cache) and captures new ones in a new memory pool,
+    while the first call's outputs are still held: no fallback to eager decoding, HF's greedy tokens."""
+    import warnings
+
+    model = _model(device="cuda", hidden_size=64)
+    engine = eng.Engine(model, kv_bucket=16)
+    ids, mask = _prompts(LENGTHS, device="cuda")
+    first = engine.sample(ids, mask, max_new_tokens=20, pad_token_id=PAD)
+    captures, pool = engine.n_captures, engine._pool
+    small_ids, small_mask = ids[:3], mask[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "CUDA graph capture failed ..." would raise here
+        second = engine.sample(small_ids, small_mask, max_new_tokens=20, pad_token_id=PAD)
+    assert second.cuda_graphs and engine.use_graphs and engine.n_captures > captures
+    assert engine._pool is not None and engine._pool != pool
+    assert second.sequences.tolist() == _hf_greedy(model, small_ids, small_mask, 20).tolist()
+    assert first.sequences.shape[0] == len(LENGTHS)
+
+
+@pytest.mark.gpu
 def test_gpu_graphs_follow_lora_updates_and_merge():
     pm = _lora(_model(device="cuda", hidden_size=64))
     ids, mask = _prompts(LENGTHS, device="cuda")

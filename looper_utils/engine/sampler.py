@@ -155,7 +155,7 @@ class Engine(CachedForward):
         if self._kv is not None and self._kv.shape[2] == batch and self._kv.shape[4] >= need:
             return
         self._kv = None
-        self._graphs.clear()
+        self._drop_graphs()
         shape = (len(p.layers), 2, batch, p.hkv, cap, p.head_dim)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -185,6 +185,14 @@ class Engine(CachedForward):
         graph.replay()
         return out
 
+    def _drop_graphs(self) -> None:
+        """Forget the captured graphs and their memory pool; the next capture takes a new pool. PyTorch's
+        allocator refuses a capture into a pool whose graphs are all gone while blocks of it are still held
+        (an INTERNAL ASSERT on the pool's use count, seen in 02's dev check after training), after which the
+        engine decoded eagerly."""
+        self._graphs.clear()
+        self._pool = None
+
     def _capture(self, length: int):
         """Warm up on a side stream (lazy inits, Triton compiles), then capture one step."""
         stream = torch.cuda.Stream(self.device)
@@ -206,7 +214,7 @@ class Engine(CachedForward):
                 pass  # the failed capture's own error; the eager steps that follow run normally
             warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")
             self.use_graphs = False
-            self._graphs.clear()
+            self._drop_graphs()
             return None
         self.n_captures += 1
         self._graphs[(self._n, length)] = (graph, out)
@@ -238,8 +246,7 @@ class Engine(CachedForward):
     def release(self) -> None:
         """Free the KV cache and the graphs (e.g. before a PPO update); the next call rebuilds them."""
         self._kv = None
-        self._graphs.clear()
-        self._pool = None
+        self._drop_graphs()
         self._n = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -316,7 +323,7 @@ class Engine(CachedForward):
     def _sample(self, ids, mask, n_new, temperature, top_p, top_k, eos, pad, generator) -> EngineOutput:
         key = state_key(self.model)
         if key != self._key:
-            self._graphs.clear()
+            self._drop_graphs()
             self._key = key
         b, plen = ids.shape
         cuda = self.device.type == "cuda"
