@@ -199,10 +199,9 @@ def sft_trainer_class():
     boolean index, one more. For `demo`'s small model, whose step is mostly launch-bound, that gap is a large
     part of the step (docs/benchmarks.md). This subclass computes the same loss, from the model's own logits
     on a GPU where the vocabulary is small (``_token_stats``; the 8B and the CPU keep TRL's fused head), and
-    keeps the four counts
-    on the device; ``log`` turns them into TRL's metrics (the same values, averaged over the same steps) just
-    before TRL averages them. Any step that is not the plain causal-LM loss
-    (a custom loss, label smoothing, DFT, a mixture-of-experts auxiliary loss, sequence parallelism, padding-free
+    keeps the four counts on the device; ``log`` turns them into TRL's metrics (the same values, averaged over
+    the same steps) just before TRL averages them. Any step that is not the plain causal-LM loss (a custom
+    loss, label smoothing, DFT, a mixture-of-experts auxiliary loss, sequence parallelism, padding-free
     batches, evaluation) and a TRL without the fused head goes through TRL's own ``compute_loss``.
 
     Subclassing rather than writing a trainer: TRL keeps the data collation, completion-only labels, schedule,

@@ -207,7 +207,7 @@ def test_deferred_metrics_trainer_logs_what_trl_logs(tmp_path, rows, variant):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
     assert ours_log[-1]["num_tokens"] > ours_log[0]["num_tokens"] > 0
     assert 0 < ours_log[-1]["mean_token_accuracy"] <= 1 and ours_log[-1]["entropy"] > 0
-    assert ours.__dict__.get("_pending_counts", []) == []  # everything read back by the last log
+    assert ours._pending_counts == []  # everything read back by the last log
     assert ours._deferred(ours.model, {"attention_mask": None}, False) == (variant != "dft")
     assert len(calls) == (6 if variant == "own logits" else 0)
     plain = sft_setup.sft_trainer_class()
